@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from bridge.emulator.testing import EmulatorHandle, running_emulator
+
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -59,8 +61,19 @@ def redis_url() -> Iterator[str]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bridge-redis-") as workdir:
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -79,3 +92,10 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[EmulatorHandle]:
+    """One emulator on a real socket for the whole session (default endpoints)."""
+    with running_emulator() as handle:
+        yield handle

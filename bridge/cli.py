@@ -1,0 +1,62 @@
+"""The ``bridge`` command line. Sub-commands import what they need when they run, so
+``bridge --help`` and ``bridge emulator`` start fast."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from bridge import __version__
+from bridge.errors import ConfigError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bridge")
+def main() -> None:
+    """Connect queues (Redis, RabbitMQ, Celery) to serverless GPU endpoints."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port to listen on [default: 8000].")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="BRIDGE_EMULATOR_CONFIG",
+    default=None,
+    help="TOML file with endpoints, templates and limits (see config/emulator.toml).",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="Python log level.")
+def emulator(host: str | None, port: int | None, config_path: Path | None, log_level: str) -> None:
+    """Run the local RunPod-compatible endpoint server."""
+    from bridge.emulator.app import serve
+    from bridge.emulator.settings import DEV_API_KEY, EmulatorSettings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    try:
+        settings = EmulatorSettings.load(config_path, **overrides)
+        settings.check_bind()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    def ready(bound: int) -> None:
+        endpoints = ", ".join(e.id for e in settings.endpoints)
+        click.echo(f"emulator listening on http://{settings.host}:{bound}/v2 ({endpoints})")
+        if not settings.api_keys:
+            click.echo(f"development key: {DEV_API_KEY}")
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(serve(settings, ready=ready))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port}: {exc}"
+        ) from None

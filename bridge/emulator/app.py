@@ -1,0 +1,245 @@
+"""The emulator's aiohttp application: ``create_app(settings)`` and ``serve(settings)``.
+
+Middlewares, outermost first: JSON errors (no traceback ever leaves the server), API
+key check, then for queue-API routes (named ``q:<operation>``) request counters, fault
+injection and RunPod's rate limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from pydantic import ValidationError
+
+from bridge.emulator import queue_api, worker_api
+from bridge.emulator.engine import Conflict, Engine, UnknownEndpoint, UnknownJob
+from bridge.emulator.http import ENGINE, SETTINGS, ApiError, error_response, ok, read_json
+from bridge.emulator.limits import RateLimiter
+from bridge.emulator.settings import EmulatorSettings, FaultConfig
+from bridge.emulator.webhooks import WebhookSender
+from bridge.emulator.workers import Fleet
+
+log = logging.getLogger("bridge.emulator")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
+KEYS: web.AppKey[tuple[str, ...]] = web.AppKey("keys")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, exc.headers)
+    except (UnknownEndpoint, UnknownJob) as exc:
+        return error_response(404, str(exc.args[0]))
+    except Conflict as exc:
+        return error_response(400, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            message = f"no such route: {request.method} {request.path}"
+        elif exc.status == 413:
+            message = "request body is too large"
+        else:
+            message = exc.reason
+        return error_response(exc.status, message, {"Allow": exc.headers.get("Allow", "")})
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return error_response(500, "internal emulator error (see the emulator's log)")
+
+
+def _presented_key(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, rest = header.partition(" ")
+        return rest.strip() if scheme.lower() == "bearer" and rest else header.strip()
+    if request.path.rstrip("/") == "/graphql":
+        return request.query.get("api_key")
+    return None
+
+
+@web.middleware
+async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+    presented = _presented_key(request)
+    if presented is not None:
+        keys: tuple[str, ...] = request.app[KEYS]
+        for index, key in enumerate(keys):
+            if hmac.compare_digest(presented.encode(), key.encode()):
+                request["key_id"] = str(index)
+                return await handler(request)
+        return error_response(401, "invalid API key")
+    return error_response(401, "missing API key: send 'Authorization: Bearer <key>'")
+
+
+@web.middleware
+async def queue_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counters, fault injection and rate limits for the queue API's routes."""
+    route = request.match_info.route.name or ""
+    if not route.startswith("q:"):
+        return await handler(request)
+    operation = route[2:].removesuffix("-post")
+    engine = request.app[ENGINE]
+    state = engine.endpoint(request.match_info["endpoint_id"])
+    counters = state.counters
+    counters.requests[operation] = counters.requests.get(operation, 0) + 1
+    faults = state.config.faults
+    if faults.active:
+        early = await _inject(request, faults, engine)
+        if early is not None:
+            counters.faults_injected += 1
+            return early
+    settings = request.app[SETTINGS]
+    if settings.rate_limits_enabled:
+        wait = request.app[LIMITER].check(request["key_id"], state.id, operation)
+        if wait is not None:
+            counters.responses_429 += 1
+            return error_response(
+                429,
+                f"rate limit for {operation} on endpoint {state.id!r} exceeded "
+                f"({settings.rate_limits[operation]} per {settings.rate_window_s:g} s)",
+                {"Retry-After": str(wait)},
+            )
+    response = await handler(request)
+    if faults.drop_after_rate and engine.rng.random() < faults.drop_after_rate:
+        counters.faults_injected += 1
+        _drop(request)
+    return response
+
+
+async def _inject(request: web.Request, faults: FaultConfig, engine: Engine) -> web.Response | None:
+    rng = engine.rng
+    if faults.latency_ms:
+        await asyncio.sleep(faults.latency_ms / 1000)
+    if faults.drop_rate and rng.random() < faults.drop_rate:
+        _drop(request)
+    if faults.rate_limit_rate and rng.random() < faults.rate_limit_rate:
+        return error_response(429, "injected fault: rate limited", {"Retry-After": "1"})
+    if faults.error_rate and rng.random() < faults.error_rate:
+        return error_response(500, "injected fault: internal server error")
+    return None
+
+
+def _drop(request: web.Request) -> None:
+    """Close the connection without an answer (the client sees a disconnect)."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    raise ConnectionResetError("injected fault: connection dropped")
+
+
+# -- the emulator's own routes: inspection and fault injection -------------------------
+
+
+async def stats(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    endpoint_id = request.match_info.get("endpoint_id")
+    if endpoint_id:
+        return ok(engine.endpoint(endpoint_id).counters.to_dict())
+    return ok({eid: s.counters.to_dict() for eid, s in engine.endpoints.items()})
+
+
+async def jobs(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    state = engine.endpoint(request.match_info["endpoint_id"])
+    now = engine.now()
+    return ok({"jobs": [job.to_status(now) for job in state.jobs.values()]})
+
+
+async def set_faults(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    endpoint_id = request.match_info["endpoint_id"]
+    engine.endpoint(endpoint_id)
+    body = await read_json(request, max_bytes=64 * 1024, required=False)
+    try:
+        faults = FaultConfig.model_validate(body or {})
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ApiError(400, f"invalid faults: {details}") from None
+    state = engine.update_endpoint(endpoint_id, faults=faults)
+    return ok(state.config.faults.model_dump())
+
+
+class _AccessLogger(AbstractAccessLogger):
+    """Method, path (never the query string: GraphQL may carry ``api_key``), status."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %.1fms", request.method, request.path, response.status, time * 1000
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+def create_app(settings: EmulatorSettings | None = None, **kwargs: Any) -> web.Application:
+    """Build the emulator application (not yet listening).
+
+    Args:
+        settings: the configuration; ``EmulatorSettings.load()`` when omitted.
+        **kwargs: passed to :class:`Engine` (``clock=``, ``rng=``) for tests.
+    """
+    settings = settings or EmulatorSettings.load()
+    app = web.Application(
+        middlewares=[json_errors, require_key, queue_guard],
+        client_max_size=settings.runsync_max_bytes + 64 * 1024,
+    )
+    engine = Engine(settings, **kwargs)
+    app[SETTINGS] = settings
+    app[ENGINE] = engine
+    app[KEYS] = tuple(settings.accepted_keys())
+    app[LIMITER] = RateLimiter(settings.rate_limits, settings.rate_window_s, engine.now)
+    fleet = Fleet(engine)
+    webhooks = WebhookSender(engine)
+
+    async def lifecycle(_app: web.Application) -> Any:
+        await webhooks.start()
+        await fleet.start()
+        yield
+        await fleet.stop()
+        await webhooks.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    queue_api.setup(app)
+    worker_api.setup(app)
+    app.router.add_get("/_emulator/stats", stats)
+    app.router.add_get("/_emulator/stats/{endpoint_id}", stats)
+    app.router.add_get("/_emulator/jobs/{endpoint_id}", jobs)
+    app.router.add_put("/_emulator/faults/{endpoint_id}", set_faults)
+    app.router.add_post("/_emulator/faults/{endpoint_id}", set_faults)
+    return app
+
+
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start listening; returns the runner and the bound port (useful with port 0)."""
+    runner = web.AppRunner(app, access_log_class=_AccessLogger, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    server = site._server  # aiohttp exposes the bound sockets only here
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return runner, int(bound)
+
+
+async def serve(settings: EmulatorSettings, ready: Callable[[int], None] | None = None) -> None:
+    """Run the emulator until cancelled."""
+    settings.check_bind()
+    runner, port = await start_site(create_app(settings), settings.host, settings.port)
+    if ready is not None:
+        ready(port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

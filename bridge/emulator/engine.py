@@ -1,0 +1,325 @@
+"""The queue engine: jobs through their states, retention, TTL, cancel, purge, retry.
+
+Everything here runs on the server's event loop; nothing blocks it. Workers (simulated
+or external) take jobs with :meth:`Engine.take` and report with :meth:`Engine.finish`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from bridge.emulator.settings import EXTERNAL, EmulatorSettings, EndpointConfig, TemplateConfig
+from bridge.emulator.state import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    IN_PROGRESS,
+    TIMED_OUT,
+    EndpointState,
+    Job,
+    Policy,
+    Worker,
+    new_job_id,
+)
+
+log = logging.getLogger("bridge.emulator")
+
+
+class UnknownEndpoint(LookupError):
+    """No endpoint with that id."""
+
+
+class UnknownJob(LookupError):
+    """No job with that id (never existed, expired or deleted)."""
+
+
+class Conflict(ValueError):
+    """The operation does not apply to the job in its current state."""
+
+
+class Engine:
+    """All endpoints, templates and jobs of one emulator."""
+
+    def __init__(
+        self,
+        settings: EmulatorSettings,
+        *,
+        clock: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self.rng = rng or random.Random()
+        self.templates: dict[str, TemplateConfig] = {t.id: t for t in settings.templates}
+        self.endpoints: dict[str, EndpointState] = {}
+        self.on_final: list[Callable[[EndpointState, Job], None]] = []
+        self.on_change: list[Callable[[EndpointState], None]] = []
+        for config in settings.endpoints:
+            self.add_endpoint(config)
+
+    def now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    # -- endpoints and templates (the admin API uses these) ----------------------------
+
+    def endpoint(self, endpoint_id: str) -> EndpointState:
+        try:
+            return self.endpoints[endpoint_id]
+        except KeyError:
+            raise UnknownEndpoint(f"endpoint {endpoint_id!r} not found") from None
+
+    def add_endpoint(self, config: EndpointConfig) -> EndpointState:
+        if config.templateId not in self.templates:
+            raise UnknownEndpoint(f"template {config.templateId!r} not found")
+        state = EndpointState(config=config)
+        self.endpoints[config.id] = state
+        self.changed(state)
+        return state
+
+    def update_endpoint(self, endpoint_id: str, **changes: Any) -> EndpointState:
+        state = self.endpoint(endpoint_id)
+        template_id = changes.get("templateId")
+        if template_id is not None and template_id not in self.templates:
+            raise UnknownEndpoint(f"template {template_id!r} not found")
+        state.config = state.config.model_copy(update=changes)
+        EndpointConfig.model_validate(state.config.model_dump())
+        self.changed(state)
+        return state
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        state = self.endpoint(endpoint_id)
+        for job in list(state.jobs.values()):
+            if not job.final:
+                self._end(state, job, CANCELLED, error="endpoint deleted")
+        del self.endpoints[endpoint_id]
+        self.changed(state)
+
+    def save_template(self, template: TemplateConfig) -> TemplateConfig:
+        self.templates[template.id] = template
+        return template
+
+    def template_of(self, state: EndpointState) -> TemplateConfig:
+        return self.templates[state.config.templateId]
+
+    def is_external(self, state: EndpointState) -> bool:
+        return self.template_of(state).imageName == EXTERNAL
+
+    def changed(self, state: EndpointState) -> None:
+        for callback in self.on_change:
+            callback(state)
+
+    # -- the job lifecycle -------------------------------------------------------------
+
+    def submit(
+        self,
+        endpoint_id: str,
+        job_input: Any,
+        *,
+        sync: bool = False,
+        policy: Policy | None = None,
+        webhook: str | None = None,
+        s3_config: dict[str, Any] | None = None,
+    ) -> Job:
+        state = self.endpoint(endpoint_id)
+        now = self.now()
+        job = Job(
+            id=new_job_id(sync),
+            endpoint_id=endpoint_id,
+            input=job_input,
+            sync=sync,
+            created_at=now,
+            policy=policy or Policy(),
+            webhook=webhook,
+            s3_config=s3_config,
+        )
+        state.jobs[job.id] = job
+        state.enqueue(job, now)
+        state.counters.submissions += 1
+        if job.policy.ttl_ms is not None:
+            self._schedule(job, job.policy.ttl_ms / 1000, lambda: self._delete(state, job))
+        self.changed(state)
+        return job
+
+    def job(self, endpoint_id: str, job_id: str) -> tuple[EndpointState, Job]:
+        state = self.endpoint(endpoint_id)
+        job = state.jobs.get(job_id)
+        if job is None:
+            raise UnknownJob(f"job {job_id!r} not found on endpoint {endpoint_id!r}")
+        return state, job
+
+    def take(self, state: EndpointState, worker: Worker) -> Job | None:
+        """Hand the oldest queued job to ``worker`` (IN_PROGRESS), or None."""
+        job = state.pop_next()
+        if job is None:
+            return None
+        now = self.now()
+        job.status = IN_PROGRESS
+        job.started_at = now
+        job.worker_id = worker.id
+        worker.jobs.add(job.id)
+        worker.state = "running"
+        timeout_ms = job.policy.execution_timeout_ms or state.config.executionTimeoutMs
+        self._schedule(job, timeout_ms / 1000, lambda: self._time_out(state, job))
+        job.notify()
+        return job
+
+    def progress(self, state: EndpointState, job: Job, value: Any) -> None:
+        """A progress update: ignored once the job is final (a late update must not
+        resurrect it)."""
+        if job.status == IN_PROGRESS:
+            job.output = value
+            job.notify()
+
+    def add_chunk(self, state: EndpointState, job: Job, chunk: Any) -> None:
+        if job.status == IN_PROGRESS:
+            job.chunks.append(chunk)
+            job.notify()
+
+    def finish(
+        self,
+        state: EndpointState,
+        job: Job,
+        *,
+        output: Any = None,
+        has_output: bool = False,
+        error: str | None = None,
+    ) -> None:
+        """A worker reports the job's end: FAILED when there is an error, else COMPLETED.
+        A report for a job that is no longer running is ignored."""
+        if job.status != IN_PROGRESS:
+            return
+        if has_output:
+            job.output = output
+        else:
+            job.clear_output()
+        status = FAILED if error is not None else COMPLETED
+        self._end(state, job, status, error=error, reported=True)
+
+    def cancel(self, endpoint_id: str, job_id: str) -> Job:
+        """Cancel: a queued job never runs; a running one is stopped. A final job is left
+        as it is (the caller answers with its current state)."""
+        state, job = self.job(endpoint_id, job_id)
+        state.counters.cancels += 1
+        if not job.final:
+            self._end(state, job, CANCELLED)
+        return job
+
+    def retry(self, endpoint_id: str, job_id: str) -> Job:
+        state, job = self.job(endpoint_id, job_id)
+        if job.status not in (FAILED, TIMED_OUT):
+            raise Conflict(
+                f"job {job_id!r} is {job.status}; only FAILED or TIMED_OUT jobs can be retried"
+            )
+        self._cancel_timers(job)
+        job.retries += 1
+        job.error = None
+        job.clear_output()
+        job.chunks.clear()
+        job.cursor = 0
+        job.started_at = job.finished_at = None
+        job.worker_id = None
+        state.retried += 1
+        state.counters.retries += 1
+        state.enqueue(job, self.now())
+        if job.policy.ttl_ms is not None:
+            remaining = job.created_at + job.policy.ttl_ms / 1000 - self.now()
+            self._schedule(job, max(remaining, 0), lambda: self._delete(state, job))
+        job.notify()
+        self.changed(state)
+        return job
+
+    def purge(self, endpoint_id: str) -> int:
+        """Remove every queued job: each ends CANCELLED with ``error: "purged"``."""
+        state = self.endpoint(endpoint_id)
+        state.counters.purges += 1
+        queued = list(state.queue.values())
+        for job in queued:
+            job.purged = True
+            self._end(state, job, CANCELLED, error="purged")
+        state.counters.purged_jobs += len(queued)
+        return len(queued)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _time_out(self, state: EndpointState, job: Job) -> None:
+        if job.status == IN_PROGRESS:
+            self._end(state, job, TIMED_OUT)
+
+    def _end(
+        self,
+        state: EndpointState,
+        job: Job,
+        status: str,
+        *,
+        error: str | None = None,
+        reported: bool = False,
+    ) -> None:
+        """Move ``job`` to a final state; ``reported`` when its worker said it ended
+        (otherwise a running job's worker is told to stop it)."""
+        was_running = job.status == IN_PROGRESS
+        state.queue.pop(job.id, None)
+        self._cancel_timers(job)
+        now = self.now()
+        job.status = status
+        job.finished_at = now if job.started_at is not None else None
+        if error is not None:
+            job.error = error
+        if status == COMPLETED:
+            state.completed += 1
+        elif status in (FAILED, TIMED_OUT):
+            state.failed += 1
+        if was_running:
+            self._release(state, job, stop=not reported)
+        retention = self.settings.runsync_retention_s if job.sync else self.settings.run_retention_s
+        self._schedule(job, retention, lambda: self._delete(state, job))
+        job.notify()
+        for callback in self.on_final:
+            callback(state, job)
+        self.changed(state)
+
+    def _release(self, state: EndpointState, job: Job, *, stop: bool = True) -> None:
+        """Detach a job that stopped running from its worker; stop its handler."""
+        worker = state.workers.get(job.worker_id or "")
+        if worker is not None:
+            worker.jobs.discard(job.id)
+            if not worker.jobs:
+                worker.state = "idle"
+            if worker.external and stop:
+                worker.signal_stop(job.id)
+        task, job.task = job.task, None
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+
+    def _delete(self, state: EndpointState, job: Job) -> None:
+        """Forget the job (retention or TTL over): from now on it is a 404."""
+        if job.status == IN_PROGRESS:
+            self._release(state, job)
+        state.queue.pop(job.id, None)
+        self._cancel_timers(job)
+        if state.jobs.get(job.id) is job:
+            del state.jobs[job.id]
+        job.notify()
+
+    def _schedule(self, job: Job, delay: float, callback: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        job.timers.append(loop.call_later(delay, callback))
+
+    @staticmethod
+    def _cancel_timers(job: Job) -> None:
+        for timer in job.timers:
+            timer.cancel()
+        job.timers.clear()
+
+    def worker_lost(self, state: EndpointState, worker: Worker) -> None:
+        """A worker stopped answering: its running jobs fail (they are not requeued, as a
+        crashed worker may have had side effects)."""
+        for job_id in list(worker.jobs):
+            job = state.jobs.get(job_id)
+            if job is not None and job.status == IN_PROGRESS:
+                self._end(state, job, FAILED, error=f"worker {worker.id} stopped responding")
+        state.workers.pop(worker.id, None)
+        self.changed(state)

@@ -1,0 +1,72 @@
+"""HTTP plumbing shared by the emulator's routes: app keys, JSON errors, body parsing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from bridge.emulator.engine import Engine
+from bridge.emulator.settings import EmulatorSettings
+
+ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+SETTINGS: web.AppKey[EmulatorSettings] = web.AppKey("settings", EmulatorSettings)
+
+
+class ApiError(Exception):
+    """Raised by a route to answer ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def ok(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+async def read_json(request: web.Request, *, max_bytes: int, required: bool = True) -> Any:
+    """Parse the request body as JSON whatever its content type (RunPod's worker sends JSON
+    as form-encoded); an empty body is ``None`` unless ``required``."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, f"request body is {request.content_length} bytes; max is {max_bytes}")
+    raw = await request.read()
+    if len(raw) > max_bytes:
+        raise ApiError(413, f"request body is {len(raw)} bytes; max is {max_bytes}")
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "request body is empty; expected a JSON object")
+        return None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def wait_ms(request: web.Request, default: int) -> int:
+    """The ``?wait=`` parameter in milliseconds, bounded by the server's maximum."""
+    raw = request.query.get("wait")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(
+            400, f"wait must be an integer number of milliseconds, got {raw!r}"
+        ) from None
+    if value < 0:
+        raise ApiError(400, f"wait must not be negative, got {value}")
+    return min(value, request.app[SETTINGS].max_wait_ms)

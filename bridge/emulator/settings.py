@@ -1,0 +1,228 @@
+"""Emulator configuration: one pydantic-settings root (env prefix ``BRIDGE_EMULATOR_``).
+
+Values come, lowest first, from the defaults here, a TOML file (``--config`` or
+``BRIDGE_EMULATOR_CONFIG``; see ``config/emulator.toml``), then the environment.
+Endpoint and template fields use RunPod's own camelCase names.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bridge.errors import ConfigError
+
+DEV_API_KEY = "rp-emulator-dev-key"
+"""The key that works with no configuration while the emulator listens on loopback only."""
+
+BUILTIN_HANDLERS = {
+    "echo": "bridge.emulator.handlers:echo",
+    "stream": "bridge.emulator.handlers:stream",
+    "fail": "bridge.emulator.handlers:fail",
+}
+EXTERNAL = "external"
+"""A template whose ``imageName`` is ``external`` has no simulated workers: its jobs wait
+for external worker processes speaking the worker protocol."""
+
+DEFAULT_RATE_LIMITS: dict[str, int] = {
+    "run": 1000,
+    "runsync": 2000,
+    "status": 2000,
+    "status-sync": 2000,
+    "stream": 2000,
+    "cancel": 100,
+    "purge-queue": 2,
+}
+"""RunPod's documented per-endpoint limits, requests per ``rate_window_s`` (10 s)."""
+
+
+class FaultConfig(BaseModel):
+    """Faults injected into one endpoint's queue API (client side), for reliability tests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error_rate: float = Field(0.0, ge=0, le=1, description="probability of a 500 reply")
+    latency_ms: int = Field(0, ge=0, description="delay added before every reply")
+    drop_rate: float = Field(0.0, ge=0, le=1, description="connection dropped, unprocessed")
+    drop_after_rate: float = Field(
+        0.0, ge=0, le=1, description="request processed, then the connection dropped"
+    )
+    rate_limit_rate: float = Field(0.0, ge=0, le=1, description="probability of a forced 429")
+
+    @property
+    def active(self) -> bool:
+        return any(
+            (self.error_rate, self.latency_ms, self.drop_rate, self.drop_after_rate,
+             self.rate_limit_rate)
+        )  # fmt: skip
+
+
+class TemplateConfig(BaseModel):
+    """A template: ``imageName`` is a handler import path (``pkg.module:function``), a
+    built-in handler name (``echo``, ``stream``, ``fail``), or ``external``."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str = Field(min_length=1)
+    name: str = ""
+    imageName: str = Field(min_length=1)
+    isServerless: bool = True
+
+
+class EndpointConfig(BaseModel):
+    """One endpoint, with RunPod's field names and defaults."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = ""
+    templateId: str = Field(min_length=1)
+    gpuIds: str = "AMPERE_16"
+    gpuCount: int = Field(1, ge=1)
+    workersMin: int = Field(0, ge=0)
+    workersMax: int = Field(3, ge=0)
+    idleTimeout: float = Field(5, ge=0)
+    scalerType: Literal["QUEUE_DELAY", "REQUEST_COUNT"] = "QUEUE_DELAY"
+    scalerValue: float = Field(4, gt=0)
+    flashboot: bool = True
+    executionTimeoutMs: int = Field(600_000, gt=0)
+    returnAggregateStream: bool = False
+    coldStartMs: int | None = Field(None, ge=0)
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+
+def _builtin_templates() -> list[TemplateConfig]:
+    names = [*BUILTIN_HANDLERS, EXTERNAL]
+    return [TemplateConfig(id=n, name=n, imageName=n) for n in names]
+
+
+def _builtin_endpoints() -> list[EndpointConfig]:
+    fast = {"workersMax": 100, "scalerType": "REQUEST_COUNT", "scalerValue": 1, "idleTimeout": 30}
+    return [
+        EndpointConfig(id="echo", name="echo", templateId="echo", **fast),
+        EndpointConfig(
+            id="stream", name="stream", templateId="stream", returnAggregateStream=True, **fast
+        ),
+        EndpointConfig(id="fail", name="fail", templateId="fail", **fast),
+        EndpointConfig(id=EXTERNAL, name=EXTERNAL, templateId=EXTERNAL, workersMax=0),
+    ]
+
+
+class EmulatorSettings(BaseSettings):
+    """Everything the emulator can be told. Times are seconds unless the name says ms."""
+
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_EMULATOR_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="accepted keys (env: comma-separated)"
+    )
+    allow_dev_key: bool = True
+
+    templates: list[TemplateConfig] = Field(default_factory=_builtin_templates)
+    endpoints: list[EndpointConfig] = Field(default_factory=_builtin_endpoints)
+
+    rate_limits_enabled: bool = True
+    rate_limits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    rate_window_s: float = Field(10.0, gt=0)
+
+    run_max_bytes: int = 10 * 1024 * 1024
+    runsync_max_bytes: int = 20 * 1024 * 1024
+    run_retention_s: float = Field(1800.0, ge=0)
+    runsync_retention_s: float = Field(60.0, ge=0)
+    runsync_default_wait_ms: int = Field(90_000, ge=0)
+    status_sync_default_wait_ms: int = Field(90_000, ge=0)
+    max_wait_ms: int = Field(300_000, ge=0)
+
+    cold_start_ms: int = Field(1000, ge=0, description="a new simulated worker's start time")
+    flashboot_cold_start_ms: int = Field(0, ge=0, description="the same with FlashBoot on")
+    scale_tick_s: float = Field(0.25, gt=0)
+
+    job_take_hold_s: float = Field(30.0, ge=0, description="long-poll of job-take/job-stop")
+    worker_dead_after_s: float = Field(60.0, gt=0, description="silence before a worker is dead")
+
+    webhook_attempts: int = Field(3, ge=1)
+    webhook_retry_interval_s: float = Field(10.0, ge=0)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    def accepted_keys(self) -> list[str]:
+        """Keys the server accepts: the configured ones, else the development key
+        (only while bound to loopback; see :meth:`check_bind`)."""
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if not keys and self.allow_dev_key:
+            keys = [DEV_API_KEY]
+        return keys
+
+    def check_bind(self) -> None:
+        """Refuse to serve a non-loopback address with only the public development key."""
+        if self.api_keys or _is_loopback(self.host):
+            return
+        raise ConfigError(
+            f"refusing to listen on {self.host!r} with only the public development key: "
+            "set BRIDGE_EMULATOR_API_KEYS (comma-separated) or api_keys in the config file"
+        )
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> EmulatorSettings:
+        """Build settings from defaults, an optional TOML file, the environment, then
+        ``overrides``; errors name the file and the field."""
+        file_values: dict[str, Any] = {}
+        if path is not None:
+            file_values = _read_toml(Path(path))
+        try:
+            from_env = cls()
+            env_values = {k: getattr(from_env, k) for k in from_env.model_fields_set}
+            return cls(**{**file_values, **env_values, **overrides})
+        except ValidationError as exc:
+            where = f"in {path}" if path else "in the environment"
+            raise ConfigError(f"invalid emulator settings {where}:\n{_describe(exc)}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"emulator config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"emulator config file {path} is not valid TOML: {exc}") from None
+    server = data.pop("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError(f"{path}: [server] must be a table")
+    return {**server, **data}
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

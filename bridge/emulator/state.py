@@ -1,0 +1,248 @@
+"""The emulator's in-memory state: jobs, workers and endpoints, and their wire shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.emulator.settings import EndpointConfig
+
+IN_QUEUE = "IN_QUEUE"
+IN_PROGRESS = "IN_PROGRESS"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+CANCELLED = "CANCELLED"
+TIMED_OUT = "TIMED_OUT"
+FINAL_STATES = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
+
+_MISSING: Any = object()
+
+
+def new_job_id(sync: bool) -> str:
+    """Ids as the platform makes them: ``<uuid>-u1`` for /run, ``sync-<uuid>-e1``."""
+    return f"sync-{uuid.uuid4()}-e1" if sync else f"{uuid.uuid4()}-u1"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A job's ``policy``, in milliseconds; ``None`` means the endpoint's default."""
+
+    execution_timeout_ms: int | None = None
+    low_priority: bool = False
+    ttl_ms: int | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    """One job and everything the API reports about it."""
+
+    id: str
+    endpoint_id: str
+    input: Any
+    sync: bool
+    created_at: float
+    policy: Policy = field(default_factory=Policy)
+    webhook: str | None = None
+    s3_config: dict[str, Any] | None = None
+    status: str = IN_QUEUE
+    queued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+    output: Any = _MISSING
+    error: str | None = None
+    retries: int = 0
+    purged: bool = False
+    chunks: list[Any] = field(default_factory=list)
+    cursor: int = 0
+    task: asyncio.Task[Any] | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    def has_output(self) -> bool:
+        return self.output is not _MISSING
+
+    def clear_output(self) -> None:
+        self.output = _MISSING
+
+    def to_status(self, now: float) -> dict[str, Any]:
+        """The ``/status`` object, with fields in the order the platform shows them."""
+        body: dict[str, Any] = {}
+        if self.started_at is not None:
+            body["delayTime"] = _ms(self.started_at - self.queued_at)
+            end = self.finished_at if self.finished_at is not None else now
+            body["executionTime"] = _ms(end - self.started_at)
+        if self.error is not None:
+            body["error"] = self.error
+        body["id"] = self.id
+        if self.has_output():
+            body["output"] = self.output
+        if self.retries:
+            body["retries"] = self.retries
+        body["status"] = self.status
+        if self.worker_id is not None:
+            body["workerId"] = self.worker_id
+        return body
+
+    def webhook_payload(self, now: float) -> dict[str, Any]:
+        """What the platform POSTs to ``webhook``: the status object plus the request echo."""
+        return {**self.to_status(now), "input": self.input, "webhook": self.webhook}
+
+    def take_chunks(self) -> list[dict[str, Any]]:
+        """Chunks not yet delivered through ``/stream``; each is delivered once."""
+        fresh = self.chunks[self.cursor :]
+        self.cursor = len(self.chunks)
+        return [{"output": c} for c in fresh]
+
+    # -- change notification for long-polls (/runsync, /status-sync, /stream?wait=) --
+
+    def notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_change(self, timeout: float) -> None:
+        """Return when the job changes or ``timeout`` seconds pass, whichever is first."""
+        if timeout <= 0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+
+
+@dataclass(eq=False)
+class Worker:
+    """A worker, simulated in-process or external (a real worker process polling us)."""
+
+    id: str
+    external: bool
+    state: str = "initializing"  # initializing | idle | running | throttled | unhealthy
+    last_seen: float = 0.0
+    jobs: set[str] = field(default_factory=set)
+    to_stop: list[str] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    _stop_waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def signal_stop(self, job_id: str) -> None:
+        self.to_stop.append(job_id)
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_stop(self, timeout: float) -> list[str]:
+        if not self.to_stop and timeout > 0:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._stop_waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                pass
+            finally:
+                if fut in self._stop_waiters:
+                    self._stop_waiters.remove(fut)
+        ids, self.to_stop = self.to_stop, []
+        return ids
+
+
+@dataclass
+class Counters:
+    """Inspection counters for one endpoint (``GET /_emulator/stats``)."""
+
+    submissions: int = 0
+    cancels: int = 0
+    purges: int = 0
+    purged_jobs: int = 0
+    retries: int = 0
+    webhooks_sent: int = 0
+    webhooks_failed: int = 0
+    responses_429: int = 0
+    faults_injected: int = 0
+    requests: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "requests": dict(self.requests)}
+
+
+@dataclass(eq=False)
+class EndpointState:
+    """An endpoint: its configuration (changed live by the admin API) and its runtime."""
+
+    config: EndpointConfig
+    jobs: dict[str, Job] = field(default_factory=dict)
+    queue: OrderedDict[str, Job] = field(default_factory=OrderedDict)
+    workers: dict[str, Worker] = field(default_factory=dict)
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    counters: Counters = field(default_factory=Counters)
+    created_at: float = 0.0
+    _queue_waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def enqueue(self, job: Job, now: float) -> None:
+        job.status = IN_QUEUE
+        job.queued_at = now
+        self.queue[job.id] = job
+        waiters, self._queue_waiters = self._queue_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def pop_next(self) -> Job | None:
+        if not self.queue:
+            return None
+        _, job = self.queue.popitem(last=False)
+        return job
+
+    async def wait_queue(self, timeout: float) -> None:
+        if self.queue or timeout <= 0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue_waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if fut in self._queue_waiters:
+                self._queue_waiters.remove(fut)
+
+    def health(self) -> dict[str, Any]:
+        workers = dict.fromkeys(
+            ("idle", "initializing", "ready", "running", "throttled", "unhealthy"), 0
+        )
+        for worker in self.workers.values():
+            workers[worker.state] = workers.get(worker.state, 0) + 1
+        in_progress = sum(len(w.jobs) for w in self.workers.values())
+        return {
+            "jobs": {
+                "completed": self.completed,
+                "failed": self.failed,
+                "inProgress": in_progress,
+                "inQueue": len(self.queue),
+                "retried": self.retried,
+            },
+            "workers": workers,
+        }
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))

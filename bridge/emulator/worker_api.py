@@ -1,0 +1,145 @@
+"""The worker side of the protocol (ENDPOINT_API.md §10), for external worker processes.
+
+An unmodified ``runpod.serverless.start(...)`` worker pointed at these URLs through its
+``RUNPOD_WEBHOOK_*`` variables takes jobs, streams chunks, reports results, receives
+stop signals for cancelled jobs and pings. A worker not heard from for
+``worker_dead_after_s`` is declared dead and its running jobs end FAILED (not requeued:
+the worker may have had side effects we cannot see).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from bridge.emulator.engine import Engine
+from bridge.emulator.http import ENGINE, SETTINGS, ApiError, ok, read_json
+from bridge.emulator.state import EndpointState, Job, Worker
+
+_MAX_RESULT_BYTES = 20 * 1024 * 1024
+_MAX_CHUNK_BYTES = 1024 * 1024
+
+
+def _worker(engine: Engine, state: EndpointState, worker_id: str) -> Worker:
+    worker = state.workers.get(worker_id)
+    if worker is None:
+        worker = Worker(id=worker_id, external=True, state="idle")
+        state.workers[worker_id] = worker
+    worker.last_seen = engine.now()
+    return worker
+
+
+def _job_payload(job: Job) -> dict[str, Any]:
+    payload: dict[str, Any] = {"id": job.id, "input": job.input}
+    if job.webhook:
+        payload["webhook"] = job.webhook
+    if job.s3_config:
+        payload["s3Config"] = job.s3_config
+    return payload
+
+
+async def _take(request: web.Request, batch: bool) -> web.Response:
+    engine = request.app[ENGINE]
+    state = engine.endpoint(request.match_info["endpoint_id"])
+    worker = _worker(engine, state, request.match_info["worker_id"])
+    size = 1
+    if batch:
+        try:
+            size = max(1, int(request.query.get("batch_size", "1")))
+        except ValueError:
+            raise ApiError(400, "batch_size must be an integer") from None
+    deadline = engine.now() + request.app[SETTINGS].job_take_hold_s
+    while not state.queue and engine.now() < deadline:
+        await state.wait_queue(deadline - engine.now())
+    jobs: list[dict[str, Any]] = []
+    while len(jobs) < size:
+        job = engine.take(state, worker)
+        if job is None:
+            break
+        jobs.append(_job_payload(job))
+    worker.last_seen = engine.now()
+    if not jobs:
+        return web.Response(status=204)
+    return ok(jobs if batch else jobs[0])
+
+
+async def job_take(request: web.Request) -> web.Response:
+    return await _take(request, batch=False)
+
+
+async def job_take_batch(request: web.Request) -> web.Response:
+    return await _take(request, batch=True)
+
+
+def _running_job(request: web.Request) -> tuple[Engine, EndpointState, Job | None]:
+    engine = request.app[ENGINE]
+    state = engine.endpoint(request.match_info["endpoint_id"])
+    _worker(engine, state, request.match_info["worker_id"])
+    job = state.jobs.get(request.match_info["job_id"])
+    if job is None:
+        raise ApiError(404, f"job {request.match_info['job_id']!r} not found (expired?)")
+    if job.worker_id != request.match_info["worker_id"]:
+        raise ApiError(400, f"job {job.id!r} is not assigned to this worker")
+    return engine, state, job
+
+
+async def job_done(request: web.Request) -> web.Response:
+    engine, state, job = _running_job(request)
+    body = await read_json(request, max_bytes=_MAX_RESULT_BYTES)
+    if not isinstance(body, dict):
+        raise ApiError(400, "job-done body must be a JSON object")
+    assert job is not None
+    if body.get("status") == "IN_PROGRESS":
+        engine.progress(state, job, body.get("output"))
+        return ok({})
+    error = body.get("error")
+    engine.finish(
+        state,
+        job,
+        output=body.get("output"),
+        has_output="output" in body,
+        error=None if error is None else error if isinstance(error, str) else str(error),
+    )
+    return ok({})
+
+
+async def job_stream(request: web.Request) -> web.Response:
+    engine, state, job = _running_job(request)
+    body = await read_json(request, max_bytes=_MAX_CHUNK_BYTES)
+    if not isinstance(body, dict) or "output" not in body:
+        raise ApiError(400, 'job-stream body must be {"output": <chunk>}')
+    assert job is not None
+    engine.add_chunk(state, job, body["output"])
+    return ok({})
+
+
+async def job_stop(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    state = engine.endpoint(request.match_info["endpoint_id"])
+    worker = _worker(engine, state, request.match_info["worker_id"])
+    ids = await worker.wait_stop(request.app[SETTINGS].job_take_hold_s)
+    worker.last_seen = engine.now()
+    if not ids:
+        return web.Response(status=204)
+    return ok({"jobsToStop": ids})
+
+
+async def ping(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    state = engine.endpoint(request.match_info["endpoint_id"])
+    worker = _worker(engine, state, request.match_info["worker_id"])
+    if request.query.get("status") == "unhealthy":
+        worker.state = "unhealthy"
+    return ok({})
+
+
+def setup(app: web.Application) -> None:
+    base = "/v2/{endpoint_id}"
+    add = app.router.add_route
+    add("GET", f"{base}/job-take/{{worker_id}}", job_take, name="w:job-take")
+    add("GET", f"{base}/job-take-batch/{{worker_id}}", job_take_batch, name="w:job-take-batch")
+    add("POST", f"{base}/job-done/{{worker_id}}/{{job_id}}", job_done, name="w:job-done")
+    add("POST", f"{base}/job-stream/{{worker_id}}/{{job_id}}", job_stream, name="w:job-stream")
+    add("GET", f"{base}/job-stop/{{worker_id}}", job_stop, name="w:job-stop")
+    add("GET", f"{base}/ping/{{worker_id}}", ping, name="w:ping")
