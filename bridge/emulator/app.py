@@ -30,6 +30,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
 KEYS: web.AppKey[tuple[str, ...]] = web.AppKey("keys")
+KEY_ID: web.RequestKey[str] = web.RequestKey("key_id", str)
 
 
 @web.middleware
@@ -76,7 +77,7 @@ async def require_key(request: web.Request, handler: Handler) -> web.StreamRespo
         keys: tuple[str, ...] = request.app[KEYS]
         for index, key in enumerate(keys):
             if hmac.compare_digest(presented.encode(), key.encode()):
-                request["key_id"] = str(index)
+                request[KEY_ID] = str(index)
                 return await handler(request)
         return error_response(401, "invalid API key")
     return error_response(401, "missing API key: send 'Authorization: Bearer <key>'")
@@ -101,7 +102,7 @@ async def queue_guard(request: web.Request, handler: Handler) -> web.StreamRespo
             return early
     settings = request.app[SETTINGS]
     if settings.rate_limits_enabled:
-        wait = request.app[LIMITER].check(request["key_id"], state.id, operation)
+        wait = request.app[LIMITER].check(request[KEY_ID], state.id, operation)
         if wait is not None:
             counters.responses_429 += 1
             return error_response(

@@ -1,0 +1,43 @@
+"""Handlers loaded by import path in the emulator's integration tests.
+
+The emulator runs in-process (a background thread), so these module globals are how a
+test sees what a handler did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+CANCELLED: set[str] = set()
+STARTED: dict[str, threading.Event] = {}
+
+
+def started(job_id: str) -> threading.Event:
+    return STARTED.setdefault(job_id, threading.Event())
+
+
+async def wait_until_cancelled(job: dict[str, Any]) -> Any:
+    """Runs until cancelled, and records that it was."""
+    started(job["id"]).set()
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        CANCELLED.add(job["id"])
+        raise
+    return None
+
+
+def sync_chunks(job: dict[str, Any]) -> Iterator[Any]:
+    """A plain (sync) generator handler, run in a thread by the emulator."""
+    for k in range(int(job["input"].get("n", 3))):
+        time.sleep(0.001)
+        yield f"chunk-{k}"
+
+
+def tagged(job: dict[str, Any]) -> Any:
+    """A sync handler whose output says which handler ran (for template swaps)."""
+    return {"handler": "tagged", "input": job["input"]}
