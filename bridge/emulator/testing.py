@@ -40,6 +40,14 @@ class EmulatorHandle:
         """The queue API base, what RunPod calls ``endpoint_url_base``."""
         return f"{self.url}/v2"
 
+    def client(self, key: str | None = None) -> httpx.Client:
+        """A plain httpx client on the queue API base, authenticated with ``key``."""
+        return httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {key or self.api_key}"},
+            timeout=30,
+        )
+
     def set_faults(self, endpoint_id: str, **faults: Any) -> dict[str, Any]:
         """Set an endpoint's injected faults (see ``FaultConfig``); no arguments clears."""
         response = self._http.put(f"/_emulator/faults/{endpoint_id}", json=faults)

@@ -10,16 +10,8 @@ import pytest
 from bridge.emulator.testing import EmulatorHandle
 
 
-def client_for(handle: EmulatorHandle, key: str | None = None) -> httpx.Client:
-    """A plain httpx client on the queue API base, authenticated with ``key``."""
-    return httpx.Client(
-        base_url=handle.base_url,
-        headers={"Authorization": f"Bearer {key or handle.api_key}"},
-        timeout=30,
-    )
-
-
 @pytest.fixture
 def api(emulator: EmulatorHandle) -> Iterator[httpx.Client]:
-    with client_for(emulator) as client:
+    """A client on the session emulator's queue API base."""
+    with emulator.client() as client:
         yield client

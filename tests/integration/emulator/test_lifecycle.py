@@ -1,0 +1,172 @@
+"""Points 2 and 3 of the emulator issue: the job lifecycle and the handler contract."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import emulator_test_handlers as th
+import httpx
+import pytest
+
+from bridge.emulator.settings import EndpointConfig, TemplateConfig
+from bridge.emulator.testing import EmulatorHandle, running_emulator
+
+
+def poll(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a condition the server reaches on its own; bounded."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def final(api: httpx.Client, endpoint: str, job_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = api.get(f"/{endpoint}/status-sync/{job_id}?wait=10000").json()
+    return body
+
+
+@pytest.fixture(scope="module")
+def custom() -> Iterator[EmulatorHandle]:
+    """An emulator with short retention and test handlers loaded by import path."""
+    templates = [
+        TemplateConfig(id="echo", imageName="echo"),
+        TemplateConfig(id="cancellable", imageName="emulator_test_handlers:wait_until_cancelled"),
+        TemplateConfig(id="syncgen", imageName="emulator_test_handlers:sync_chunks"),
+        TemplateConfig(id="broken", imageName="no_such_module:handler"),
+        TemplateConfig(id="external", imageName="external"),
+    ]
+    fast: dict[str, Any] = {"workersMax": 10, "scalerType": "REQUEST_COUNT", "scalerValue": 1}
+    endpoints = [
+        EndpointConfig(id="echo", templateId="echo", **fast),
+        EndpointConfig(id="cancellable", templateId="cancellable", **fast),
+        EndpointConfig(id="syncgen", templateId="syncgen", **fast),
+        EndpointConfig(id="broken", templateId="broken", **fast),
+        EndpointConfig(id="external", templateId="external", workersMax=0),
+        EndpointConfig(id="short", templateId="echo", executionTimeoutMs=100, **fast),
+    ]
+    with running_emulator(
+        templates=templates, endpoints=endpoints, run_retention_s=0.3, runsync_retention_s=0.3
+    ) as handle:
+        yield handle
+
+
+@pytest.fixture
+def capi(custom: EmulatorHandle) -> Iterator[httpx.Client]:
+    with custom.client() as client:
+        yield client
+
+
+def test_failed_handler_error_is_clear(api: httpx.Client) -> None:
+    body = api.post("/fail/runsync", json={"input": {"message": "bad prompt"}}).json()
+    assert body["status"] == "FAILED"
+    error = json.loads(body["error"])
+    assert error["error_message"] == "bad prompt"
+    assert "output" not in body
+
+
+def test_returned_error_fails_the_job(api: httpx.Client) -> None:
+    body = api.post("/echo/runsync", json={"input": {"error": "model refused"}}).json()
+    assert (body["status"], body["error"]) == ("FAILED", "model refused")
+
+
+def test_progress_update_shows_while_running(api: httpx.Client) -> None:
+    job = api.post("/echo/run", json={"input": {"progress": "1/3", "sleep_ms": 400}}).json()
+    poll(lambda: api.get(f"/echo/status/{job['id']}").json().get("output") == "1/3")
+    assert api.get(f"/echo/status/{job['id']}").json()["status"] == "IN_PROGRESS"
+    assert final(api, "echo", job["id"])["output"] == {"progress": "1/3", "sleep_ms": 400}
+
+
+def test_cancel_queued_job_never_runs(api: httpx.Client, emulator: EmulatorHandle) -> None:
+    job = api.post("/external/run", json={"input": {}}).json()
+    assert api.post(f"/external/cancel/{job['id']}").json() == {
+        "id": job["id"],
+        "status": "CANCELLED",
+    }
+    status = api.get(f"/external/status/{job['id']}").json()
+    assert status["status"] == "CANCELLED"
+    assert "workerId" not in status
+
+
+def test_cancel_running_job_cancels_its_handler(capi: httpx.Client) -> None:
+    job = capi.post("/cancellable/run", json={"input": {}}).json()
+    assert th.started(job["id"]).wait(10)
+    assert capi.post(f"/cancellable/cancel/{job['id']}").json()["status"] == "CANCELLED"
+    poll(lambda: job["id"] in th.CANCELLED)
+    body = capi.get(f"/cancellable/status/{job['id']}").json()
+    assert body["status"] == "CANCELLED"
+    assert "executionTime" in body
+    poll(lambda: capi.get("/cancellable/health").json()["jobs"]["inProgress"] == 0)
+
+
+def test_cancel_final_job_answers_current_state_unchanged(api: httpx.Client) -> None:
+    job = api.post("/echo/runsync", json={"input": {"v": 1}}).json()
+    assert api.post(f"/echo/cancel/{job['id']}").json() == {"id": job["id"], "status": "COMPLETED"}
+    assert api.get(f"/echo/status/{job['id']}").json()["output"] == {"v": 1}
+
+
+def test_execution_timeout_ends_timed_out(capi: httpx.Client) -> None:
+    job = capi.post("/short/run", json={"input": {"sleep_ms": 5000}}).json()
+    assert final(capi, "short", job["id"])["status"] == "TIMED_OUT"
+
+
+def test_policy_execution_timeout_overrides_endpoint(api: httpx.Client) -> None:
+    body = {"input": {"sleep_ms": 5000}, "policy": {"executionTimeout": 100}}
+    job = api.post("/echo/run", json=body).json()
+    assert final(api, "echo", job["id"])["status"] == "TIMED_OUT"
+
+
+def test_ttl_deletes_job_then_404(api: httpx.Client) -> None:
+    job = api.post("/external/run", json={"input": {}, "policy": {"ttl": 150}}).json()
+    assert api.get(f"/external/status/{job['id']}").status_code == 200
+    poll(lambda: api.get(f"/external/status/{job['id']}").status_code == 404)
+    assert "not found" in api.get(f"/external/status/{job['id']}").json()["error"]
+
+
+def test_retention_then_404(capi: httpx.Client) -> None:
+    job = capi.post("/echo/runsync", json={"input": {}}).json()
+    assert job["status"] == "COMPLETED"
+    poll(lambda: capi.get(f"/echo/status/{job['id']}").status_code == 404)
+
+
+def test_retry_only_from_failed_or_timed_out(capi: httpx.Client) -> None:
+    job = capi.post("/short/run", json={"input": {"sleep_ms": 5000}}).json()
+    assert final(capi, "short", job["id"])["status"] == "TIMED_OUT"
+    assert capi.post(f"/short/retry/{job['id']}").json() == {"id": job["id"], "status": "IN_QUEUE"}
+    again = final(capi, "short", job["id"])
+    assert (again["status"], again["retries"]) == ("TIMED_OUT", 1)
+    assert capi.get("/short/health").json()["jobs"]["retried"] == 1
+    done = capi.post("/echo/runsync", json={"input": {}}).json()
+    refused = capi.post(f"/echo/retry/{done['id']}")
+    assert refused.status_code == 400
+    assert "only FAILED or TIMED_OUT" in refused.json()["error"]
+
+
+def test_sync_generator_streams_and_default_output_is_empty_list(capi: httpx.Client) -> None:
+    job = capi.post("/syncgen/run", json={"input": {"n": 5}}).json()
+    body = final(capi, "syncgen", job["id"])
+    assert (body["status"], body["output"]) == ("COMPLETED", [])
+    chunks = capi.get(f"/syncgen/stream/{job['id']}").json()["stream"]
+    assert [c["output"] for c in chunks] == [f"chunk-{k}" for k in range(5)]
+
+
+def test_unloadable_handler_fails_job_with_clear_error(capi: httpx.Client) -> None:
+    body = capi.post("/broken/runsync", json={"input": {}}).json()
+    assert body["status"] == "FAILED"
+    assert "cannot load handler 'no_such_module:handler'" in body["error"]
+
+
+def test_health_counts_completed_failed_and_queue(capi: httpx.Client) -> None:
+    before = capi.get("/echo/health").json()["jobs"]
+    capi.post("/echo/runsync", json={"input": {}})
+    capi.post("/echo/runsync", json={"input": {"error": "x"}})
+    ids = [capi.post("/external/run", json={"input": {}}).json()["id"] for _ in range(2)]
+    after = capi.get("/echo/health").json()["jobs"]
+    assert after["completed"] == before["completed"] + 1
+    assert after["failed"] == before["failed"] + 1
+    assert capi.get("/external/health").json()["jobs"]["inQueue"] == 2
+    for job_id in ids:
+        capi.post(f"/external/cancel/{job_id}")
