@@ -114,7 +114,7 @@ async def queue_guard(request: web.Request, handler: Handler) -> web.StreamRespo
     response = await handler(request)
     if faults.drop_after_rate and engine.rng.random() < faults.drop_after_rate:
         counters.faults_injected += 1
-        _drop(request)
+        return _drop(request)
     return response
 
 
@@ -123,7 +123,7 @@ async def _inject(request: web.Request, faults: FaultConfig, engine: Engine) -> 
     if faults.latency_ms:
         await asyncio.sleep(faults.latency_ms / 1000)
     if faults.drop_rate and rng.random() < faults.drop_rate:
-        _drop(request)
+        return _drop(request)
     if faults.rate_limit_rate and rng.random() < faults.rate_limit_rate:
         return error_response(429, "injected fault: rate limited", {"Retry-After": "1"})
     if faults.error_rate and rng.random() < faults.error_rate:
@@ -131,12 +131,13 @@ async def _inject(request: web.Request, faults: FaultConfig, engine: Engine) -> 
     return None
 
 
-def _drop(request: web.Request) -> None:
-    """Close the connection without an answer (the client sees a disconnect)."""
+def _drop(request: web.Request) -> web.Response:
+    """Close the connection without an answer (the client sees a disconnect). The
+    response returned is never sent; aiohttp notes the closed connection quietly."""
     transport = request.transport
     if transport is not None:
         transport.abort()
-    raise ConnectionResetError("injected fault: connection dropped")
+    return error_response(500, "injected fault: connection dropped")
 
 
 # -- the emulator's own routes: inspection and fault injection -------------------------
