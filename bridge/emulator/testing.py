@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,15 @@ class EmulatorHandle:
             return func(*args)
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=10)
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Wait, bounded, for a condition the server reaches on its own (integration tests)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {timeout} s")
+        time.sleep(interval)
 
 
 @contextmanager

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import emulator_test_handlers as th
@@ -12,16 +11,7 @@ import httpx
 import pytest
 
 from bridge.emulator.settings import EndpointConfig, TemplateConfig
-from bridge.emulator.testing import EmulatorHandle, running_emulator
-
-
-def poll(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for a condition the server reaches on its own; bounded."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+from bridge.emulator.testing import EmulatorHandle, running_emulator, wait_until
 
 
 def final(api: httpx.Client, endpoint: str, job_id: str) -> dict[str, Any]:
@@ -75,7 +65,7 @@ def test_returned_error_fails_the_job(api: httpx.Client) -> None:
 
 def test_progress_update_shows_while_running(api: httpx.Client) -> None:
     job = api.post("/echo/run", json={"input": {"progress": "1/3", "sleep_ms": 400}}).json()
-    poll(lambda: api.get(f"/echo/status/{job['id']}").json().get("output") == "1/3")
+    wait_until(lambda: api.get(f"/echo/status/{job['id']}").json().get("output") == "1/3")
     assert api.get(f"/echo/status/{job['id']}").json()["status"] == "IN_PROGRESS"
     assert final(api, "echo", job["id"])["output"] == {"progress": "1/3", "sleep_ms": 400}
 
@@ -95,11 +85,11 @@ def test_cancel_running_job_cancels_its_handler(capi: httpx.Client) -> None:
     job = capi.post("/cancellable/run", json={"input": {}}).json()
     assert th.started(job["id"]).wait(10)
     assert capi.post(f"/cancellable/cancel/{job['id']}").json()["status"] == "CANCELLED"
-    poll(lambda: job["id"] in th.CANCELLED)
+    wait_until(lambda: job["id"] in th.CANCELLED)
     body = capi.get(f"/cancellable/status/{job['id']}").json()
     assert body["status"] == "CANCELLED"
     assert "executionTime" in body
-    poll(lambda: capi.get("/cancellable/health").json()["jobs"]["inProgress"] == 0)
+    wait_until(lambda: capi.get("/cancellable/health").json()["jobs"]["inProgress"] == 0)
 
 
 def test_cancel_final_job_answers_current_state_unchanged(api: httpx.Client) -> None:
@@ -122,14 +112,14 @@ def test_policy_execution_timeout_overrides_endpoint(api: httpx.Client) -> None:
 def test_ttl_deletes_job_then_404(api: httpx.Client) -> None:
     job = api.post("/external/run", json={"input": {}, "policy": {"ttl": 150}}).json()
     assert api.get(f"/external/status/{job['id']}").status_code == 200
-    poll(lambda: api.get(f"/external/status/{job['id']}").status_code == 404)
+    wait_until(lambda: api.get(f"/external/status/{job['id']}").status_code == 404)
     assert "not found" in api.get(f"/external/status/{job['id']}").json()["error"]
 
 
 def test_retention_then_404(capi: httpx.Client) -> None:
     job = capi.post("/echo/runsync", json={"input": {}}).json()
     assert job["status"] == "COMPLETED"
-    poll(lambda: capi.get(f"/echo/status/{job['id']}").status_code == 404)
+    wait_until(lambda: capi.get(f"/echo/status/{job['id']}").status_code == 404)
 
 
 def test_retry_only_from_failed_or_timed_out(capi: httpx.Client) -> None:
