@@ -91,10 +91,10 @@ def main() -> dict[str, Any]:
         "BRIDGE_EMULATOR_RATE_LIMITS_ENABLED": "false",
     }
     emu_port, base_port = free_port(), free_port()
+    command = ["emulator", "--port", str(emu_port), "--log-level", "WARNING"]
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "emulator", "--port", str(emu_port), "--log-level", "WARNING"],
-        env=env, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-m", "bridge", *command], env=env, stdout=subprocess.DEVNULL
+    )
     baseline = subprocess.Popen([sys.executable, "-c", BASELINE_SERVER, str(base_port)])
     try:
         wait_listening(emu_port)
