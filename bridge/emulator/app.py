@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from pydantic import ValidationError
 
-from bridge.emulator import queue_api, worker_api
+from bridge.emulator import admin_graphql, admin_rest, queue_api, worker_api
 from bridge.emulator.engine import Conflict, Engine, UnknownEndpoint, UnknownJob
 from bridge.emulator.http import ENGINE, SETTINGS, ApiError, error_response, ok, read_json
 from bridge.emulator.limits import RateLimiter
@@ -213,6 +213,8 @@ def create_app(settings: EmulatorSettings | None = None, **kwargs: Any) -> web.A
         await webhooks.stop()
 
     app.cleanup_ctx.append(lifecycle)
+    admin_graphql.setup(app)
+    admin_rest.setup(app)  # before the queue API: /v2/serverless/{id} vs /v2/{endpoint_id}/…
     queue_api.setup(app)
     worker_api.setup(app)
     app.router.add_get("/_emulator/stats", stats)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -75,7 +76,8 @@ class Engine:
     def add_endpoint(self, config: EndpointConfig) -> EndpointState:
         if config.templateId not in self.templates:
             raise UnknownEndpoint(f"template {config.templateId!r} not found")
-        state = EndpointState(config=config)
+        # Wall-clock time (not the engine clock): the admin API reports it as createdAt.
+        state = EndpointState(config=config, created_at=time.time())
         self.endpoints[config.id] = state
         self.changed(state)
         return state
@@ -85,8 +87,9 @@ class Engine:
         template_id = changes.get("templateId")
         if template_id is not None and template_id not in self.templates:
             raise UnknownEndpoint(f"template {template_id!r} not found")
-        state.config = state.config.model_copy(update=changes)
-        EndpointConfig.model_validate(state.config.model_dump())
+        # Validate the merged config before installing it: a rejected change must leave
+        # the endpoint exactly as it was.
+        state.config = EndpointConfig.model_validate({**state.config.model_dump(), **changes})
         self.changed(state)
         return state
 
@@ -96,6 +99,9 @@ class Engine:
             if not job.final:
                 self._end(state, job, CANCELLED, error="endpoint deleted")
         del self.endpoints[endpoint_id]
+        for worker in state.workers.values():
+            if worker.task is not None:  # stop simulated workers now, not after their idle wait
+                worker.task.cancel()
         self.changed(state)
 
     def save_template(self, template: TemplateConfig) -> TemplateConfig:
