@@ -298,6 +298,9 @@ def _read(
 def wait(job: JobState, rt: Runtime, *, deadline: float | None = None) -> Flow[dict[str, Any]]:
     """Wait until the job is final and return its final status object."""
     delays = rt.poll.delays(rt.rand)
+    if job.final is None and job.seen and _hold_for(job, rt, deadline) is None:
+        # Plain polling of a job known to be unfinished: the first look is worth a pause.
+        yield from _pause(job, rt.clock(), delays, rt, deadline)
     while job.final is None:
         started = rt.clock()
         hold = _hold_for(job, rt, deadline)
