@@ -20,7 +20,6 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## Create or update the virtual environment (.venv)
 
 demo: $(STAMP) ## Run the main job on embedded defaults (emulator + tour)
-	@scripts/ensure-redis
 	$(BIN)/bridge demo
 
 test: $(STAMP) ## Lint, type-check and run every test (finds or starts Redis itself)

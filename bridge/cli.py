@@ -60,3 +60,12 @@ def emulator(host: str | None, port: int | None, config_path: Path | None, log_l
         raise click.ClickException(
             f"cannot listen on {settings.host}:{settings.port}: {exc}"
         ) from None
+
+
+@main.command()
+@click.option("--port", type=int, default=8000, show_default=True, help="Preferred port.")
+def demo(port: int) -> None:
+    """Run a short guided tour on embedded defaults (starts its own emulator)."""
+    from bridge.demo import run_demo
+
+    run_demo(port=port)
