@@ -37,6 +37,14 @@ ENDPOINT_KEYS: Final = (
 ADMIN_TIMEOUT: Final = 30.0
 
 
+def _status(endpoint: dict[str, Any]) -> dict[str, Any]:
+    # Neither admin API reports an endpoint status; the seed's examples print one. Derived
+    # from the configuration alone: an endpoint allowed no workers cannot run jobs.
+    if endpoint.get("status") is None:
+        endpoint["status"] = "DISABLED" if endpoint.get("workersMax") == 0 else "ACTIVE"
+    return endpoint
+
+
 class AdminTransport(Protocol):
     """What the admin functions need from a transport."""
 
@@ -152,27 +160,29 @@ def _from_rest(item: Any) -> dict[str, Any]:
     scaling = item.get("scaling") or {}
     kind = scaling.get("type")
     volumes = item.get("networkVolumes") or []
-    return {
-        "id": item.get("id"),
-        "name": item.get("name"),
-        "status": item.get("status"),
-        "templateId": item.get("templateId"),
-        "gpuIds": _join(gpu.get("pools")),
-        "gpuCount": gpu.get("count"),
-        "networkVolumeId": volumes[0] if volumes else None,
-        "locations": _join(item.get("dataCenterIds")),
-        "idleTimeout": workers.get("idleTimeout"),
-        "scalerType": kind,
-        "scalerValue": scaling.get("queueDelay" if kind == "QUEUE_DELAY" else "requestCount"),
-        "workersMin": workers.get("min"),
-        "workersMax": workers.get("max"),
-        "flashboot": item.get("flashboot") not in (None, False, "OFF"),
-        "allowedCudaVersions": _join(gpu.get("allowedCudaVersions")),
-    }
+    return _status(
+        {
+            "id": item.get("id"),
+            "name": item.get("name"),
+            "status": item.get("status"),
+            "templateId": item.get("templateId"),
+            "gpuIds": _join(gpu.get("pools")),
+            "gpuCount": gpu.get("count"),
+            "networkVolumeId": volumes[0] if volumes else None,
+            "locations": _join(item.get("dataCenterIds")),
+            "idleTimeout": workers.get("idleTimeout"),
+            "scalerType": kind,
+            "scalerValue": scaling.get("queueDelay" if kind == "QUEUE_DELAY" else "requestCount"),
+            "workersMin": workers.get("min"),
+            "workersMax": workers.get("max"),
+            "flashboot": item.get("flashboot") not in (None, False, "OFF"),
+            "allowedCudaVersions": _join(gpu.get("allowedCudaVersions")),
+        }
+    )
 
 
 _FIELDS: Final = (
-    "id name status templateId gpuIds gpuCount networkVolumeId locations idleTimeout "
+    "id name templateId gpuIds gpuCount networkVolumeId locations idleTimeout "
     "scalerType scalerValue workersMin workersMax flashBootType allowedCudaVersions"
 )
 SAVE: Final = (
@@ -232,6 +242,11 @@ class GraphQLTransport(_Base):
         raise NotFoundError(f"no endpoint with id {endpoint_id!r}", status_code=404)
 
     def delete(self, endpoint_id: str) -> None:
+        # GraphQL refuses to delete an endpoint that may still have workers (REST does
+        # not): scale it to zero first so that both transports behave the same.
+        current = self._get(endpoint_id)
+        if current["workersMin"] or current["workersMax"]:
+            self.update(endpoint_id, {"workersMin": 0, "workersMax": 0})
         self.query(DELETE, {"id": endpoint_id}, idempotent=True)
 
 
@@ -247,4 +262,4 @@ def _from_graphql(item: Any) -> dict[str, Any]:
         raise ProtocolError(f"expected an endpoint object, got {str(item)[:120]}")
     result = {key: item.get(key) for key in ENDPOINT_KEYS}
     result["flashboot"] = item.get("flashBootType") not in (None, "OFF")
-    return result
+    return _status(result)

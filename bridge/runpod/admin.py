@@ -19,7 +19,9 @@ from bridge.runpod import _admin_transports as transports
 from bridge.runpod._config import Secret, resolve_api_base, resolve_key
 
 ENDPOINT_KEYS: Final = transports.ENDPOINT_KEYS
-"""Keys of every endpoint dict these functions return, whichever transport ran."""
+"""Keys of every endpoint dict these functions return, whichever transport ran. ``status``
+is ``"ACTIVE"``, or ``"DISABLED"`` for an endpoint allowed no workers (neither admin API
+reports a status of its own); ``flashboot`` is a bool; lists are comma-joined strings."""
 
 _CHANGES: Final = {
     "name": "name",
@@ -188,5 +190,9 @@ def delete_endpoint(
     api_base_url: str | None = None,
     transport: str | None = None,
 ) -> None:
-    """Delete an endpoint (the platform requires ``workers_min = workers_max = 0`` first)."""
+    """Delete an endpoint, stopping its workers; its unfinished jobs are lost.
+
+    GraphQL refuses to delete an endpoint that may run workers, so on that transport the
+    endpoint is first scaled to zero (``workers_min = workers_max = 0``).
+    """
     _transport(transport, api_key, api_base_url).delete(endpoint_id)
