@@ -89,7 +89,7 @@ _TYPES_IN = {"QB": "QUEUE", "LB": "LOAD_BALANCER"}
 _TYPES_OUT = {v: k for k, v in _TYPES_IN.items()}
 # Sent as "" by runpod 1.12 when unset; stored (and reported) as unset.
 _BLANK_MEANS_UNSET = ("networkVolumeId", "locations", "allowedCudaVersions")
-_EXPECTED = (admin.InvalidInput, LookupError)
+_EXPECTED = (admin.InvalidInput, LookupError, GraphQLError)  # the caller's fault
 
 
 # -- shapes ------------------------------------------------------------------------------
