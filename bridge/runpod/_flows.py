@@ -388,8 +388,10 @@ def control(job: JobState, op: str, rt: Runtime, *, timeout: float) -> Flow[dict
     reply = reply if isinstance(reply, dict) else {"result": reply}
     if op == "retry":
         job.final = None
-    elif reply.get("status") in wire.FINAL_STATES:
+    elif reply.get("status") == wire.CANCELLED:
         job.final = {"id": job.job_id, **reply}
+    # A cancel of a job that had already ended answers with its state but not its output:
+    # nothing is recorded, the next wait reads the full status.
     return reply
 
 

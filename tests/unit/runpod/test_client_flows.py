@@ -394,3 +394,13 @@ def test_cancel_is_retried_but_retry_is_not(
     with pytest.raises(errors.ServerError):
         h.run(flows.control(seen(target), "retry", h.rt, timeout=3))
     assert h.ops == ["retry"]
+
+
+def test_cancel_of_a_finished_job_records_nothing(
+    harness: MakeHarness, reply: Reply, target: wire.Target
+) -> None:
+    state = seen(target)
+    h = harness([reply(200, job("COMPLETED")), reply(200, job("COMPLETED", output=3))])
+    h.run(flows.control(state, "cancel", h.rt, timeout=3))
+    assert state.final is None
+    assert h.run(flows.output(state, h.rt, deadline=None)) == 3
