@@ -1,0 +1,214 @@
+"""The bridge's configuration: one pydantic-settings root (env prefix ``BRIDGE_``) and
+the routes file loader.
+
+Routes come from a TOML file (``--config`` / ``BRIDGE_CONFIG``, e.g.
+``config/bridge.toml``): one ``[routes.NAME]`` table per route. With no file, the routes
+``echo``, ``stream`` and ``fail`` point at the emulator's endpoints of those names.
+An API key is never written in the file: a route names the environment variable or the
+secret file that holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.errors import ConfigError
+
+Mode = Literal["poll", "stream", "sync", "webhook"]
+Delivery = Literal["at_least_once", "at_most_once"]
+DEV_API_KEY = "rp-emulator-dev-key"  # the emulator's documented development key
+
+RUNPOD_BUDGETS: dict[str, int] = {
+    "run": 1000,
+    "runsync": 2000,
+    "status": 2000,
+    "status-sync": 2000,
+    "stream": 2000,
+    "cancel": 100,
+    "purge-queue": 2,
+}
+"""RunPod's per-endpoint request limits per 10 s, the default budgets of every route."""
+
+
+class RouteConfig(BaseModel):
+    """One route: a name producers use, and the endpoint it sends to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    base_url: str = Field("https://api.runpod.ai/v2", pattern=r"^https?://")
+    api_key_env: str | None = Field("RUNPOD_API_KEY", description="variable holding the key")
+    api_key_file: Path | None = Field(None, description="file holding the key (wins)")
+    mode: Mode = "poll"
+    policy: dict[str, Any] | None = Field(None, description="default RunPod policy")
+    queue: str = Field("bridge", min_length=1, description="Celery queue of its requests")
+    max_in_flight: int = Field(1000, ge=1, description="jobs in flight before holding back")
+    budgets: dict[str, int] = Field(default_factory=lambda: dict(RUNPOD_BUDGETS))
+    budget_window_s: float = Field(10.0, gt=0)
+    health_interval_s: float | None = Field(30.0, gt=0, description="None: no health checks")
+    purge_every_s: float | None = Field(None, gt=0, description="purge the queue this often")
+    purge_crontab: str | None = Field(None, description="or on this crontab (5 fields)")
+    result_ttl_s: int = Field(86_400, ge=1, description="how long final results are kept")
+    reply_ttl_s: int = Field(3_600, ge=1, description="how long reply lists are kept")
+    delivery: Delivery = "at_least_once"
+    max_payload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    long_poll_below: int = Field(
+        200, ge=0, description="hold status requests while fewer jobs than this are in flight"
+    )
+    webhook_safety_poll_s: float = Field(30.0, gt=0)
+    default_emulator_key: bool = Field(
+        False, description="fall back to the emulator's development key (built-in routes)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RouteConfig:
+        unknown = set(self.budgets) - set(RUNPOD_BUDGETS)
+        if unknown:
+            raise ValueError(f"unknown budget operation(s): {', '.join(sorted(unknown))}")
+        if self.purge_crontab is not None and len(self.purge_crontab.split()) != 5:
+            raise ValueError("purge_crontab must have 5 fields: minute hour day month weekday")
+        return self
+
+    def api_key(self) -> SecretStr:
+        """Read the key now (files and variables may be rotated while running)."""
+        if self.api_key_file is not None:
+            try:
+                return SecretStr(self.api_key_file.read_text(encoding="utf-8").strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the API key file {self.api_key_file}: {exc.strerror}"
+                ) from None
+        value = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if value:
+            return SecretStr(value)
+        if self.default_emulator_key:
+            return SecretStr(DEV_API_KEY)
+        raise ConfigError(
+            f"no API key for endpoint {self.endpoint_id!r}: set {self.api_key_env or 'a key'} "
+            "or api_key_file"
+        )
+
+
+class BridgeSettings(BaseSettings):
+    """Everything the bridge worker, beat and CLI can be told (env prefix ``BRIDGE_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    config: Path | None = Field(None, description="routes file (TOML)")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="bridge state, JSON door")
+    broker_url: str | None = Field(None, description="Celery broker; default redis_url")
+    result_backend: str | None = Field(None, description="Celery results; default redis_url")
+    emulator_url: str = Field("http://127.0.0.1:8000", description="for the default routes")
+    requests_stream: str = Field("bridge:requests", description="the JSON door's stream")
+    consumer_group: str = "bridge"
+    dlq_stream: str = "bridge:dlq"
+    key_prefix: str = Field("bridge", description="prefix of every Redis key we write")
+    default_route: str | None = None
+    webhook_url: str | None = Field(
+        None, description="public base URL of the webhook receiver (webhook mode)"
+    )
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(8081, ge=0, le=65535)
+    submit_timeout_s: float = Field(30.0, gt=0)
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def backend(self) -> str:
+        return self.result_backend or self.redis_url
+
+    def route(self, name: str) -> RouteConfig:
+        try:
+            return self.routes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.routes)) or "none"
+            raise ConfigError(f"unknown route {name!r} (configured: {known})") from None
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> BridgeSettings:
+        """Settings from the routes file (``path``, else ``BRIDGE_CONFIG``), then the
+        environment, then ``overrides``. Errors name the file, route and field."""
+        try:
+            from_env = cls()
+        except ValidationError as exc:
+            raise ConfigError(
+                f"invalid bridge settings in the environment:\n{_describe(exc)}"
+            ) from None
+        env_values = {k: getattr(from_env, k) for k in from_env.model_fields_set}
+        path = Path(path) if path is not None else overrides.get("config") or from_env.config
+        file_values: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
+        routes = file_values.pop("routes", None)
+        where = f"in {path}" if path is not None else "given"
+        unknown = set(file_values) - set(cls.model_fields)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {where}: {', '.join(sorted(unknown))}")
+        try:
+            settings = cls(**{**file_values, **env_values, **overrides, "config": path})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid bridge settings {where}:\n{_describe(exc)}") from None
+        if routes is not None:
+            try:
+                settings.routes = {name: _route(name, raw) for name, raw in _tables(routes)}
+            except _RouteError as exc:
+                raise ConfigError(f"invalid route {where}:\n{exc}") from None
+            if not settings.routes:
+                raise ConfigError(f"{path} defines no routes: add a [routes.NAME] table")
+        elif not settings.routes:
+            settings.routes = default_routes(settings.emulator_url)
+        return settings
+
+
+class _RouteError(ValueError):
+    pass
+
+
+def _tables(routes: Any) -> list[tuple[str, Any]]:
+    if not isinstance(routes, dict):
+        raise _RouteError("  routes: must be a table of [routes.NAME] tables")
+    return list(routes.items())
+
+
+def _route(name: str, raw: Any) -> RouteConfig:
+    try:
+        return RouteConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _RouteError(_describe(exc, prefix=f"routes.{name}")) from None
+
+
+def default_routes(emulator_url: str) -> dict[str, RouteConfig]:
+    """The routes used with no file: the emulator's ``echo``, ``stream`` and ``fail``."""
+    base = emulator_url.rstrip("/") + "/v2"
+    modes: dict[str, Mode] = {"echo": "poll", "stream": "stream", "fail": "poll"}
+    return {
+        name: RouteConfig(endpoint_id=name, base_url=base, mode=mode, default_emulator_key=True)
+        for name, mode in modes.items()
+    }
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"bridge config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"bridge config file {path} is not valid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        parts = [prefix] if prefix else []
+        parts += [str(p) for p in err["loc"]]
+        lines.append(f"  {'.'.join(parts) or '(root)'}: {err['msg']}")
+    return "\n".join(lines)
