@@ -39,6 +39,12 @@ def _job_payload(job: Job) -> dict[str, Any]:
     return payload
 
 
+def _gone(request: web.Request) -> bool:
+    """True when the client has closed its connection."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _take(request: web.Request, batch: bool) -> web.Response:
     engine = request.app[ENGINE]
     state = engine.endpoint(request.match_info["endpoint_id"])
@@ -52,6 +58,10 @@ async def _take(request: web.Request, batch: bool) -> web.Response:
     deadline = engine.now() + request.app[SETTINGS].job_take_hold_s
     while not state.queue and engine.now() < deadline:
         await state.wait_queue(deadline - engine.now())
+    if _gone(request):
+        # The worker hung up during the hold (it died or gave up): a job handed to
+        # this answer would reach nobody and sit IN_PROGRESS until the reaper.
+        return web.Response(status=204)
     jobs: list[dict[str, Any]] = []
     while len(jobs) < size:
         job = engine.take(state, worker)
