@@ -95,13 +95,16 @@ class Engine:
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         state = self.endpoint(endpoint_id)
+        # Idle simulated workers would otherwise linger until their idle wait ends; busy
+        # ones stop by themselves once their cancelled job returns (cancelling them too
+        # would interrupt the worker's own clean-up of that job).
+        idle = [w.task for w in state.workers.values() if w.task is not None and not w.jobs]
         for job in list(state.jobs.values()):
             if not job.final:
                 self._end(state, job, CANCELLED, error="endpoint deleted")
         del self.endpoints[endpoint_id]
-        for worker in state.workers.values():
-            if worker.task is not None:  # stop simulated workers now, not after their idle wait
-                worker.task.cancel()
+        for task in idle:
+            task.cancel()
         self.changed(state)
 
     def save_template(self, template: TemplateConfig) -> TemplateConfig:

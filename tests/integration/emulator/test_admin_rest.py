@@ -1,0 +1,256 @@
+"""The REST v2 admin API (``/v2/serverless``) over a real socket: shapes, problem
+documents, and changes that reach the live queue."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge.emulator.testing import EmulatorHandle, running_emulator
+
+pytestmark = pytest.mark.integration
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[EmulatorHandle]:
+    # A private emulator: these tests create, change and delete endpoints.
+    with running_emulator(cold_start_ms=0) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def http(emu: EmulatorHandle) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {emu.api_key}"}
+    with httpx.Client(base_url=emu.url, headers=headers, timeout=30) as client:
+        yield client
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``check`` until it returns something truthy (a condition wait, not a delay)."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+    return result
+
+
+def create(http: httpx.Client, **fields: Any) -> dict[str, Any]:
+    body = {
+        "name": "rest",
+        "type": "QUEUE",
+        "templateId": "echo",
+        "scaling": {"type": "REQUEST_COUNT", "requestCount": 1},
+        **fields,
+    }
+    response = http.post("/v2/serverless", json=body)
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def patch(http: httpx.Client, endpoint_id: str, **fields: Any) -> dict[str, Any]:
+    response = http.patch(f"/v2/serverless/{endpoint_id}", json=fields)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def runsync(http: httpx.Client, endpoint_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    response = http.post(f"/v2/{endpoint_id}/runsync", json={"input": payload})
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def test_create_returns_the_endpoint_and_it_serves_jobs(
+    emu: EmulatorHandle, http: httpx.Client
+) -> None:
+    endpoint = create(
+        http,
+        name="image-generator",
+        gpu={"pools": ["ADA_24", "AMPERE_16"], "count": 2, "allowedCudaVersions": ["12.4"]},
+        workers={"min": 0, "max": 5, "idleTimeout": 7},
+        scaling={"type": "QUEUE_DELAY", "queueDelay": 4},
+        flashboot="FLASHBOOT",
+        dataCenterIds=["US-KS-2"],
+        timeout=120_000,
+    )
+    assert re.fullmatch("[a-z0-9]{14}", endpoint["id"])
+    assert endpoint["name"] == "image-generator"
+    assert (endpoint["type"], endpoint["templateId"], endpoint["image"]) == (
+        "QUEUE",
+        "echo",
+        "echo",
+    )
+    assert endpoint["gpu"] == {"pools": ["ADA_24", "AMPERE_16"], "count": 2,
+                               "allowedCudaVersions": ["12.4"]}  # fmt: skip
+    assert endpoint["workers"] == {"min": 0, "max": 5, "idleTimeout": 7}
+    assert endpoint["scaling"] == {"type": "QUEUE_DELAY", "queueDelay": 4}
+    assert (endpoint["flashboot"], endpoint["timeout"]) == ("FLASHBOOT", 120_000)
+    assert endpoint["dataCenterIds"] == ["US-KS-2"]
+    datetime.fromisoformat(endpoint["createdAt"])
+    urls = endpoint["requestUrls"]
+    base = f"{emu.url}/v2/{endpoint['id']}"
+    assert urls["runSync"] == f"{base}/runsync"
+    assert urls["purgeQueue"] == f"{base}/purge-queue"
+    assert set(urls) == {"run", "runSync", "status", "stream", "cancel", "retry",
+                         "purgeQueue", "health"}  # fmt: skip
+
+    result = http.post(urls["runSync"], json={"input": {"prompt": "hi"}}).json()
+    assert (result["status"], result["output"]) == ("COMPLETED", {"prompt": "hi"})
+    assert http.get(urls["health"]).json()["jobs"]["completed"] == 1
+
+
+def test_defaults(http: httpx.Client) -> None:
+    endpoint = create(http)
+    assert (endpoint["flashboot"], endpoint["timeout"]) == ("OFF", 300_000)
+    assert endpoint["workers"] == {"min": 0, "max": 3, "idleTimeout": 5}
+
+
+def test_image_creates_a_template(http: httpx.Client) -> None:
+    endpoint = create(
+        http, templateId=None, image="bridge.emulator.handlers:echo", env={"MODE": "x"}
+    )
+    assert endpoint["templateId"] not in ("echo", None)
+    assert endpoint["image"] == "bridge.emulator.handlers:echo"
+    assert endpoint["env"] == {"MODE": "x"}
+    assert runsync(http, endpoint["id"], {"n": 1})["output"] == {"n": 1}
+
+
+def test_list_get_and_graphql_agree(http: httpx.Client) -> None:
+    endpoint = create(http, name="agree")
+    listed = {e["id"]: e for e in http.get("/v2/serverless").json()["endpoints"]}
+    assert listed[endpoint["id"]] == endpoint
+    assert {"echo", "stream", "fail", "external"} <= set(listed)
+    assert http.get(f"/v2/serverless/{endpoint['id']}").json() == endpoint
+    query = "{ myself { endpoints { id name workersMax scalerType scalerValue } } }"
+    graphql = http.post("/graphql", json={"query": query}).json()["data"]["myself"]["endpoints"]
+    [same] = [e for e in graphql if e["id"] == endpoint["id"]]
+    assert same == {"id": endpoint["id"], "name": "agree", "workersMax": 3,
+                    "scalerType": "REQUEST_COUNT", "scalerValue": 1}  # fmt: skip
+
+
+def test_patch_changes_only_what_it_names(http: httpx.Client) -> None:
+    endpoint = create(http, workers={"min": 0, "max": 2, "idleTimeout": 9})
+    changed = patch(http, endpoint["id"], name="renamed", workers={"max": 4})
+    assert changed["name"] == "renamed"
+    assert changed["workers"] == {"min": 0, "max": 4, "idleTimeout": 9}
+    assert changed["scaling"] == endpoint["scaling"]
+    assert changed["createdAt"] == endpoint["createdAt"]
+
+
+def test_template_swap_applies_to_jobs_started_afterwards(http: httpx.Client) -> None:
+    endpoint = create(http)["id"]
+    running = http.post(f"/v2/{endpoint}/run", json={"input": {"sleep_ms": 300}}).json()
+    eventually(
+        lambda: http.get(f"/v2/{endpoint}/status/{running['id']}").json()["status"] == "IN_PROGRESS"
+    )
+    assert patch(http, endpoint, templateId="fail")["image"] == "fail"
+
+    assert runsync(http, endpoint, {})["status"] == "FAILED"
+    before = http.post(f"/v2/{endpoint}/status-sync/{running['id']}?wait=10000").json()
+    assert (before["status"], before["output"]) == ("COMPLETED", {"sleep_ms": 300})
+
+    patch(http, endpoint, image="stream")  # a new image makes a new template
+    assert runsync(http, endpoint, {"n": 2, "interval_ms": 0})["status"] == "COMPLETED"
+
+
+def test_workers_max_change_rescales(http: httpx.Client) -> None:
+    endpoint = create(http, workers={"min": 0, "max": 1})["id"]
+    for _ in range(3):
+        http.post(f"/v2/{endpoint}/run", json={"input": {"sleep_ms": 5000}})
+
+    def jobs() -> dict[str, int]:
+        counts: dict[str, int] = http.get(f"/v2/{endpoint}/health").json()["jobs"]
+        return counts
+
+    eventually(lambda: jobs()["inProgress"] == 1 and jobs()["inQueue"] == 2)
+    patch(http, endpoint, workers={"max": 3})
+    eventually(lambda: jobs()["inProgress"] == 3)
+    assert http.delete(f"/v2/serverless/{endpoint}").status_code == 204  # cancels them
+
+
+def test_delete(http: httpx.Client) -> None:
+    endpoint = create(http)["id"]
+    job = http.post(f"/v2/{endpoint}/run", json={"input": {}})
+    assert job.status_code == 200
+    response = http.delete(f"/v2/serverless/{endpoint}")
+    assert (response.status_code, response.content) == (204, b"")
+    assert http.get(f"/v2/serverless/{endpoint}").status_code == 404
+    assert http.get(f"/v2/{endpoint}/health").status_code == 404
+    assert endpoint not in {e["id"] for e in http.get("/v2/serverless").json()["endpoints"]}
+
+
+def test_queue_api_is_not_shadowed(http: httpx.Client) -> None:
+    assert http.get("/v2/echo/health").status_code == 200
+    assert runsync(http, "echo", {"a": 1})["output"] == {"a": 1}
+    assert http.get("/v2/serverless/health").status_code == 404  # no endpoint "health"
+
+
+# -- problems ------------------------------------------------------------------------------
+
+VALID = {"name": "x", "type": "QUEUE", "templateId": "echo", "scaling": {"type": "QUEUE_DELAY"}}
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({k: v for k, v in VALID.items() if k != "name"}, "name"),
+        ({k: v for k, v in VALID.items() if k != "scaling"}, "scaling"),
+        ({**VALID, "templateId": None}, "either templateId or image"),
+        ({**VALID, "image": "echo"}, "not both"),
+        ({**VALID, "templateId": "nope"}, "template 'nope' not found"),
+        ({**VALID, "type": "LOAD_BALANCER"}, "only queue endpoints"),
+        ({**VALID, "type": "SOMETHING"}, "type"),
+        ({**VALID, "workers": {"min": 4, "max": 1}}, "must not exceed"),
+        ({**VALID, "workers": {"max": -1}}, "workers.max"),
+        ({**VALID, "scaling": {"type": "QUEUE_DELAY", "requestCount": 2}}, "queueDelay"),
+        ({**VALID, "scaling": {"type": "QUEUE_DELAY", "queueDelay": 0.1}}, "queueDelay"),
+        ({**VALID, "flashboot": "ON"}, "flashboot"),
+        ({**VALID, "gpuTypo": ["x"]}, "gpuTypo"),
+    ],
+)
+def test_invalid_create_is_422(http: httpx.Client, body: dict[str, Any], detail: str) -> None:
+    response = http.post("/v2/serverless", json=body)
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith(PROBLEM)
+    problem = response.json()
+    assert (problem["status"], problem["title"]) == (422, "Unprocessable Entity")
+    assert detail in problem["detail"]
+
+
+@pytest.mark.parametrize("content", [b"{nope", b"[1, 2]", b""])
+def test_malformed_body_is_400(http: httpx.Client, content: bytes) -> None:
+    response = http.post("/v2/serverless", content=content)
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert response.json()["status"] == 400
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+def test_unknown_endpoint_is_404(http: httpx.Client, method: str) -> None:
+    response = http.request(method, "/v2/serverless/nope", json={"name": "y"})
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert "'nope' not found" in response.json()["detail"]
+
+
+def test_rejected_patch_changes_nothing(http: httpx.Client) -> None:
+    endpoint = create(http, workers={"min": 0, "max": 2})
+    response = http.patch(f"/v2/serverless/{endpoint['id']}", json={"workers": {"min": 3}})
+    assert response.status_code == 422
+    assert http.get(f"/v2/serverless/{endpoint['id']}").json() == endpoint
+
+
+def test_needs_a_key(emu: EmulatorHandle) -> None:
+    assert httpx.get(f"{emu.url}/v2/serverless").status_code == 401
+    # ?api_key= is a GraphQL-only form
+    assert httpx.get(f"{emu.url}/v2/serverless?api_key={emu.api_key}").status_code == 401
