@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
-from bridge.errors import AdminError, NotFoundError, ProtocolError
+from bridge.errors import AdminError, BadRequestError, NotFoundError, ProtocolError
 from bridge.runpod import _flows as flows
 from bridge.runpod import _protocol as wire
 from bridge.runpod._config import Secret
@@ -86,7 +86,12 @@ class _Base:
             timeout=ADMIN_TIMEOUT,
             idempotent=idempotent,
         )
-        return self.driver.run(flows.call(request, self.driver.runtime))
+        try:
+            return self.driver.run(flows.call(request, self.driver.runtime))
+        except BadRequestError as error:
+            # Refused settings are an AdminError whichever transport said so (GraphQL
+            # reports them as errors in a 200 reply).
+            raise AdminError(f"{op}: {error.message}") from error
 
 
 class RestTransport(_Base):
@@ -192,7 +197,7 @@ SAVE: Final = (
 LIST: Final = f"query endpoints {{ myself {{ endpoints {{ {_FIELDS} }} }} }}"
 SWAP_TEMPLATE: Final = (
     "mutation updateEndpointTemplate($input: UpdateEndpointTemplateInput!) "
-    "{ updateEndpointTemplate(input: $input) { id templateId } }"
+    f"{{ updateEndpointTemplate(input: $input) {{ {_FIELDS} }} }}"
 )
 DELETE: Final = "mutation deleteEndpoint($id: String!) { deleteEndpoint(id: $id) }"
 
@@ -223,13 +228,13 @@ class GraphQLTransport(_Base):
         return [_from_graphql(item) for item in items]
 
     def update(self, endpoint_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        current = self._get(endpoint_id)  # an unknown id is a NotFoundError, as over REST
         if set(fields) == {"templateId"}:
             swap = {"endpointId": endpoint_id, "templateId": fields["templateId"]}
-            self.query(SWAP_TEMPLATE, {"input": swap}, idempotent=True)
-            return self._get(endpoint_id)
+            data = self.query(SWAP_TEMPLATE, {"input": swap}, idempotent=True)
+            return _from_graphql(data.get("updateEndpointTemplate"))
         # saveEndpoint with an id replaces the endpoint: send its current settings merged
         # with the changes.
-        current = self._get(endpoint_id)
         merged = {k: v for k, v in current.items() if k != "status" and v is not None}
         merged.update(fields)
         data = self.query(SAVE, {"input": _to_graphql(merged)}, idempotent=True)

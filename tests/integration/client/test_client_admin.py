@@ -1,0 +1,121 @@
+"""Admin functions over both transports (REST v2 and GraphQL) against the emulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import bridge.runpod as runpod
+from bridge import errors
+from bridge.emulator.testing import EmulatorHandle
+from bridge.runpod.admin import ENDPOINT_KEYS
+
+pytestmark = pytest.mark.integration
+
+TRANSPORTS = ["rest", "graphql"]
+
+
+@pytest.fixture
+def admin(client_emulator: EmulatorHandle) -> dict[str, Any]:
+    """Explicit credentials for the admin calls (they win over any global)."""
+    return {"api_key": client_emulator.api_key, "api_base_url": client_emulator.url}
+
+
+def create(admin: dict[str, Any], transport: str, **overrides: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "name": "admin-test",
+        "template_id": "echo",
+        "gpu_ids": "AMPERE_16,ADA_24",
+        "workers_max": 2,
+        **overrides,
+    }
+    return runpod.create_endpoint(**settings, transport=transport, **admin)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_create_list_update_delete(admin: dict[str, Any], transport: str) -> None:
+    created = create(admin, transport, idle_timeout=7, scaler_type="REQUEST_COUNT", scaler_value=3)
+    assert set(created) == set(ENDPOINT_KEYS)
+    assert created["id"]
+    assert (created["name"], created["templateId"], created["status"]) == (
+        "admin-test",
+        "echo",
+        "ACTIVE",
+    )
+    assert (created["gpuIds"], created["idleTimeout"], created["workersMax"]) == (
+        "AMPERE_16,ADA_24",
+        7,
+        2,
+    )
+    assert (created["scalerType"], created["scalerValue"], created["flashboot"]) == (
+        "REQUEST_COUNT",
+        3,
+        False,
+    )
+    listed = {e["id"]: e for e in runpod.get_endpoints(transport=transport, **admin)}
+    assert listed[created["id"]] == created
+
+    updated = runpod.update_endpoint(
+        created["id"], workers_max=6, idle_timeout=12, flashboot=True, transport=transport, **admin
+    )
+    assert (updated["workersMax"], updated["idleTimeout"], updated["flashboot"]) == (6, 12, True)
+    assert updated["name"] == "admin-test"  # untouched settings stay
+
+    swapped = runpod.update_endpoint_template(created["id"], "stream", transport=transport, **admin)
+    assert swapped["templateId"] == "stream"
+    assert swapped["workersMax"] == 6
+
+    runpod.delete_endpoint(created["id"], transport=transport, **admin)
+    remaining = runpod.get_endpoints(transport=transport, **admin)
+    assert created["id"] not in {e["id"] for e in remaining}
+
+
+def test_both_transports_return_the_same_dicts(admin: dict[str, Any]) -> None:
+    created = create(admin, "rest", locations="US,CZ", allowed_cuda_versions="12.1,12.2")
+    try:
+        by_rest = {e["id"]: e for e in runpod.get_endpoints(transport="rest", **admin)}
+        by_graphql = {e["id"]: e for e in runpod.get_endpoints(transport="graphql", **admin)}
+        assert by_rest == by_graphql
+        assert by_rest[created["id"]]["locations"] == "US,CZ"
+    finally:
+        runpod.delete_endpoint(created["id"], transport="rest", **admin)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_values_travel_as_data_never_as_query_text(admin: dict[str, Any], transport: str) -> None:
+    name = 'x") { id } mutation { deleteEndpoint(id: "echo") } #\n\\ "quoted"'
+    created = create(admin, transport, name=name)
+    try:
+        assert created["name"] == name
+        listed = runpod.get_endpoints(transport=transport, **admin)
+        assert {"echo", created["id"]} <= {e["id"] for e in listed}
+    finally:
+        runpod.delete_endpoint(created["id"], transport=transport, **admin)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_admin_errors_are_typed(admin: dict[str, Any], transport: str) -> None:
+    with pytest.raises(errors.AdminError, match="workersMin"):
+        create(admin, transport, workers_min=5, workers_max=1)
+    with pytest.raises(errors.NotFoundError):
+        runpod.update_endpoint("no-such-endpoint", workers_max=1, transport=transport, **admin)
+    bad = "rpa_BAD_ADMIN_KEY_42"
+    with pytest.raises(errors.AuthenticationError) as caught:
+        runpod.get_endpoints(transport=transport, api_key=bad, api_base_url=admin["api_base_url"])
+    assert bad not in str(caught.value)
+
+
+def test_transport_setting_and_globals(
+    admin: dict[str, Any], client_emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runpod, "api_key", client_emulator.api_key)
+    monkeypatch.setattr(runpod, "api_base_url", client_emulator.url)
+    for transport in TRANSPORTS:
+        monkeypatch.setattr(runpod, "admin_transport", transport)
+        assert "echo" in {e["id"] for e in runpod.get_endpoints()}
+    monkeypatch.setattr(runpod, "admin_transport", "soap")
+    with pytest.raises(errors.ConfigError, match="soap"):
+        runpod.get_endpoints()
+    with pytest.raises(TypeError, match="colour"):
+        runpod.update_endpoint("echo", colour="blue", **admin)
