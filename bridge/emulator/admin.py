@@ -70,6 +70,7 @@ def flashboot_fields(kind: str) -> dict[str, Any]:
 
 
 def flashboot_type(config: EndpointConfig) -> str:
+    """The endpoint's FlashBoot setting as RunPod names it (``OFF``, ``FLASHBOOT`` …)."""
     kind = stored(config, "flashBootType")
     if isinstance(kind, str):
         return kind

@@ -35,12 +35,16 @@ class _Body(BaseModel):
 
 
 class Workers(_Body):
+    """``workers``: bounds and idle timeout (seconds)."""
+
     min: int | None = Field(None, ge=0)
     max: int | None = Field(None, ge=0)
     idleTimeout: int | None = Field(None, ge=1, le=3600)
 
 
 class Scaling(_Body):
+    """``scaling``: the scaler type and its one value."""
+
     type: Literal["QUEUE_DELAY", "REQUEST_COUNT"]
     queueDelay: float | None = Field(None, ge=0.5)
     requestCount: int | None = Field(None, ge=1)
@@ -59,6 +63,8 @@ class Scaling(_Body):
 
 
 class Gpu(_Body):
+    """``gpu``: pools (RunPod's pool ids), count and CUDA constraints (stored only)."""
+
     pools: list[str] | None = Field(None, min_length=1)
     count: int | None = Field(None, ge=1)
     excludedTypes: list[str] | None = None
@@ -215,12 +221,14 @@ async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
+    """``GET /v2/serverless``."""
     engine = request.app[ENGINE]
     views = [endpoint_view(request, engine, s) for s in engine.endpoints.values()]
     return ok({"endpoints": views})
 
 
 async def create(request: web.Request) -> web.Response:
+    """``POST /v2/serverless``: requires ``name``, ``type``, ``scaling`` and a template."""
     engine = request.app[ENGINE]
     body = await _read_body(request)
     missing = [name for name in ("name", "type", "scaling") if getattr(body, name) is None]
@@ -237,12 +245,14 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def get_one(request: web.Request) -> web.Response:
+    """``GET /v2/serverless/{id}``."""
     engine = request.app[ENGINE]
     state = engine.endpoint(request.match_info["endpoint_id"])
     return ok(endpoint_view(request, engine, state))
 
 
 async def patch(request: web.Request) -> web.Response:
+    """``PATCH /v2/serverless/{id}``: any subset of the create fields."""
     engine = request.app[ENGINE]
     endpoint_id = request.match_info["endpoint_id"]
     engine.endpoint(endpoint_id)  # 404 before a template is created for nothing
@@ -252,6 +262,7 @@ async def patch(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
+    """``DELETE /v2/serverless/{id}``: its unfinished jobs end ``CANCELLED``."""
     admin.delete_endpoint(
         request.app[ENGINE], request.match_info["endpoint_id"], require_scaled_down=False
     )
