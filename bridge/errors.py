@@ -4,6 +4,7 @@
 
     BridgeError
     ├── ConfigError                      bad configuration (file, route, field named)
+    ├── RequestRejected                  the bridge refused a request (``reason`` says why)
     └── RunpodError                      anything the endpoint client raises
         ├── APIError                     the server answered with an HTTP error status
         │   ├── BadRequestError          400 / 422: the request itself is wrong
@@ -151,6 +152,9 @@ class WaitTimeout(RunpodError, TimeoutError):
 class JobError(RunpodError):
     """The job reached a final state other than COMPLETED.
 
+    Every argument may be given by position, so the error survives a round trip
+    through Celery's result backend (which rebuilds it as ``cls(*args)``).
+
     Attributes:
         status: the final state (``FAILED``, ``CANCELLED``, ``TIMED_OUT``, or ``EXPIRED``).
         error: the endpoint's error value, if it gave one.
@@ -158,21 +162,23 @@ class JobError(RunpodError):
         job: the full status object last read from the endpoint.
     """
 
+    default_status = "FAILED"
+
     def __init__(
         self,
         message: str,
-        *,
-        status: str,
+        status: str | None = None,
         endpoint_id: str | None = None,
         job_id: str | None = None,
         error: Any = None,
         job: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message, endpoint_id=endpoint_id, job_id=job_id)
-        self.status = status
+        self.status = status or self.default_status
         self.error = error
         self.job = job or {}
         self.output = self.job.get("output")
+        self.args = (message, self.status, endpoint_id, job_id, error)
 
 
 class JobFailed(JobError):
@@ -182,13 +188,40 @@ class JobFailed(JobError):
 class JobCancelled(JobError):
     """The job ended CANCELLED (by a cancel request or a queue purge)."""
 
+    default_status = "CANCELLED"
+
 
 class JobTimedOut(JobError, TimeoutError):
-    """The endpoint ended the job TIMED_OUT (execution timeout or TTL)."""
+    """The job ended TIMED_OUT: the endpoint's execution timeout, or the bridge's deadline."""
+
+    default_status = "TIMED_OUT"
 
 
 class JobExpired(JobError):
     """The endpoint no longer knows the job: its result expired or it was deleted."""
+
+    default_status = "EXPIRED"
+
+
+class RequestRejected(BridgeError):
+    """The bridge refused the request before submitting it (bad input, unknown route).
+
+    Args:
+        message: what is wrong, for a person.
+        reason: a machine-readable reason (``invalid_envelope``, ``unknown_route`` …).
+        request_id: the request, when known.
+    """
+
+    def __init__(
+        self, message: str, reason: str = "invalid_request", request_id: str | None = None
+    ) -> None:
+        super().__init__(message, reason, request_id)
+        self.message = message
+        self.reason = reason
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return f"request rejected ({self.reason}): {self.message}"
 
 
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -217,6 +250,7 @@ __all__ = [
     "ProtocolError",
     "RateLimitedError",
     "ReadTimeoutError",
+    "RequestRejected",
     "RunpodError",
     "ServerError",
     "TransportError",

@@ -145,7 +145,7 @@ class Fleet:
         except HandlerLoadError as exc:
             engine.finish(state, job, error=str(exc))
             return
-        job.task = asyncio.create_task(
+        task = asyncio.create_task(
             run_handler(
                 handler,
                 payload,
@@ -154,12 +154,13 @@ class Fleet:
                 worker_id=worker.id,
             )
         )
+        job.task = task  # the engine cancels it (and clears it) when the job ends early
         try:
-            outcome: Outcome = await job.task
+            outcome: Outcome = await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                job.task.cancel()
+                task.cancel()
                 raise  # the server is shutting down
             return  # the job was cancelled, timed out or deleted: the engine ended it
         finally:
