@@ -227,7 +227,15 @@ def create_app(settings: EmulatorSettings | None = None, **kwargs: Any) -> web.A
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start listening; returns the runner and the bound port (useful with port 0)."""
-    runner = web.AppRunner(app, access_log_class=_AccessLogger, handle_signals=False)
+    # Cancel a handler whose client went away (long-polls of dead workers), and do not
+    # wait a minute for open long-polls when shutting down.
+    runner = web.AppRunner(
+        app,
+        access_log_class=_AccessLogger,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=2.0,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
