@@ -15,6 +15,7 @@ from bridge.errors import AdminError, BadRequestError, NotFoundError, ProtocolEr
 from bridge.runpod import _flows as flows
 from bridge.runpod import _protocol as wire
 from bridge.runpod._config import Secret
+from bridge.runpod._policy import Runtime
 from bridge.runpod.sync import _Driver
 
 ENDPOINT_KEYS: Final = (
@@ -73,7 +74,7 @@ def _join(value: Any) -> str | None:
 class _Base:
     def __init__(self, api_base: str, secret: Secret | None) -> None:
         self.api_base = api_base
-        self.driver = _Driver(None, secret, flows.Runtime())
+        self.driver = _Driver(None, secret, Runtime())
 
     def send(self, method: str, path: str, op: str, body: Any = None, *, idempotent: bool) -> Any:
         content = None if body is None else json.dumps(body).encode()

@@ -18,6 +18,7 @@ from bridge.errors import ConnectError, ReadTimeoutError, TransportError
 from bridge.runpod import _flows as flows
 from bridge.runpod import _protocol as wire
 from bridge.runpod._config import Secret, resolve_endpoint_base, resolve_key
+from bridge.runpod._policy import PollPolicy, RetryPolicy, Runtime, deadline_after
 
 T = TypeVar("T")
 
@@ -54,7 +55,7 @@ class _Driver:
         self,
         client: httpx.Client | None,
         secret: Secret | None,
-        runtime: flows.Runtime,
+        runtime: Runtime,
     ) -> None:
         self.client = client or _shared_client()
         self.secret = secret
@@ -104,8 +105,8 @@ class _Driver:
         raise AssertionError("a flow ended without a result")  # pragma: no cover
 
 
-def _runtime(retry: flows.RetryPolicy | None, poll: flows.PollPolicy | None) -> flows.Runtime:
-    return flows.Runtime(retry=retry or flows.RetryPolicy(), poll=poll or flows.PollPolicy())
+def _runtime(retry: RetryPolicy | None, poll: PollPolicy | None) -> Runtime:
+    return Runtime(retry=retry or RetryPolicy(), poll=poll or PollPolicy())
 
 
 class Endpoint:
@@ -128,8 +129,8 @@ class Endpoint:
         api_key: str | None = None,
         base_url: str | None = None,
         client: httpx.Client | None = None,
-        retry: flows.RetryPolicy | None = None,
-        poll: flows.PollPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
     ) -> None:
         self.endpoint_id = endpoint_id
         self._target = wire.Target(resolve_endpoint_base(base_url), endpoint_id)
@@ -190,7 +191,7 @@ class Endpoint:
             WaitTimeout: ``timeout`` passed first (``job_id`` is set once known).
         """
         rt = self._driver.runtime
-        deadline = flows.deadline_after(timeout, rt)
+        deadline = deadline_after(timeout, rt)
         body = wire.build_body(request_input, webhook=webhook, policy=policy, s3_config=s3_config)
         return self._driver.run(flows.run_sync(self._target, body, rt, deadline=deadline))
 
@@ -228,8 +229,8 @@ class Job:
         api_key: str | None = None,
         base_url: str | None = None,
         client: httpx.Client | None = None,
-        retry: flows.RetryPolicy | None = None,
-        poll: flows.PollPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
     ) -> None:
         target = wire.Target(resolve_endpoint_base(base_url), endpoint_id)
         self._state = flows.JobState(target, job_id)
@@ -270,7 +271,7 @@ class Job:
             WaitTimeout: ``timeout`` passed first; the job may still be running.
         """
         rt = self._driver.runtime
-        deadline = flows.deadline_after(timeout, rt)
+        deadline = deadline_after(timeout, rt)
         return self._driver.run(flows.output(self._state, rt, deadline=deadline))
 
     def stream(self) -> Iterator[Any]:

@@ -12,6 +12,7 @@ import pytest
 from bridge.errors import TransportError
 from bridge.runpod import _flows as flows
 from bridge.runpod import _protocol as wire
+from bridge.runpod._policy import PollPolicy, RetryPolicy, Runtime
 
 Answer = wire.Response | TransportError | tuple[wire.Response, float]
 
@@ -41,16 +42,16 @@ class Harness:
     server: Callable[[wire.Request], Answer] | list[Answer]
     clock: FakeClock = field(default_factory=FakeClock)
     rand: Callable[[], float] = lambda: 0.5
-    retry: flows.RetryPolicy = field(default_factory=flows.RetryPolicy)
-    poll: flows.PollPolicy = field(default_factory=flows.PollPolicy)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    poll: PollPolicy = field(default_factory=PollPolicy)
     latency: float = 0.001
     sent: list[wire.Request] = field(default_factory=list)
     slept: list[float] = field(default_factory=list)
     emitted: list[Any] = field(default_factory=list)
 
     @property
-    def rt(self) -> flows.Runtime:
-        return flows.Runtime(retry=self.retry, poll=self.poll, clock=self.clock, rand=self.rand)
+    def rt(self) -> Runtime:
+        return Runtime(retry=self.retry, poll=self.poll, clock=self.clock, rand=self.rand)
 
     @property
     def ops(self) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from bridge import errors
 from bridge.runpod import _flows as flows
 from bridge.runpod import _protocol as wire
-from bridge.runpod._flows import PollPolicy, RetryPolicy
+from bridge.runpod._policy import PollPolicy, RetryPolicy, Runtime, deadline_after
 
 Reply = Callable[..., wire.Response]
 MakeHarness = Callable[..., Any]
@@ -139,11 +139,11 @@ def test_poll_pauses_are_jittered_within_bounds() -> None:
 
 
 def test_deadline_after() -> None:
-    rt = flows.Runtime(clock=lambda: 50.0)
-    assert flows.deadline_after(0, rt) is None
-    assert flows.deadline_after(2.5, rt) == 52.5
+    rt = Runtime(clock=lambda: 50.0)
+    assert deadline_after(0, rt) is None
+    assert deadline_after(2.5, rt) == 52.5
     with pytest.raises(ValueError, match=">= 0"):
-        flows.deadline_after(-1, rt)
+        deadline_after(-1, rt)
 
 
 # -- waiting ------------------------------------------------------------------------
