@@ -7,9 +7,12 @@ Both take and return endpoint settings under the official SDK's GraphQL names
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import quote
+
+import httpx
 
 from bridge.errors import AdminError, BadRequestError, NotFoundError, ProtocolError
 from bridge.runpod import _flows as flows
@@ -17,6 +20,8 @@ from bridge.runpod import _protocol as wire
 from bridge.runpod._config import Secret
 from bridge.runpod._policy import Runtime
 from bridge.runpod.sync import _Driver
+
+log = logging.getLogger("bridge.runpod")
 
 ENDPOINT_KEYS: Final = (
     "id",
@@ -72,9 +77,11 @@ def _join(value: Any) -> str | None:
 
 
 class _Base:
-    def __init__(self, api_base: str, secret: Secret | None) -> None:
+    def __init__(
+        self, api_base: str, secret: Secret | None, client: httpx.Client | None = None
+    ) -> None:
         self.api_base = api_base
-        self.driver = _Driver(None, secret, Runtime())
+        self.driver = _Driver(client, secret, Runtime())
 
     def send(self, method: str, path: str, op: str, body: Any = None, *, idempotent: bool) -> Any:
         content = None if body is None else json.dumps(body).encode()
@@ -206,40 +213,48 @@ DELETE: Final = "mutation deleteEndpoint($id: String!) { deleteEndpoint(id: $id)
 class GraphQLTransport(_Base):
     """GraphQL at ``{base}/graphql``; every value travels in ``variables``."""
 
-    def query(self, document: str, variables: dict[str, Any], *, idempotent: bool) -> Any:
+    def query(
+        self, document: str, variables: dict[str, Any], field: str, *, idempotent: bool
+    ) -> Any:
+        """Run ``document``; return ``data[field]``. Errors raise an AdminError naming
+        every message, unless the field came back anyway (then they are logged)."""
         op = document.split("(", 1)[0].split("{", 1)[0].split()[-1]
         body = {"query": document, "variables": variables}
         reply = self.send("POST", "/graphql", op, body, idempotent=idempotent)
-        data = reply.get("data") if isinstance(reply, dict) else None
-        errors = reply.get("errors") if isinstance(reply, dict) else None
+        if not isinstance(reply, dict) or not isinstance(reply.get("data") or {}, dict):
+            raise ProtocolError(f"{op}: not a GraphQL reply: {str(reply)[:120]}")
+        value = (reply.get("data") or {}).get(field)
+        errors = reply.get("errors") or []
         if errors:
-            messages = "; ".join(str(e.get("message", e)) for e in errors if e)
-            raise AdminError(f"{op}: {messages or 'GraphQL error'}")
-        if not isinstance(data, dict):
-            raise ProtocolError(f"{op}: GraphQL reply has no data: {str(reply)[:120]}")
-        return data
+            messages = "; ".join(str(e.get("message", e)) for e in errors if e) or "error"
+            if value is None:
+                raise AdminError(f"{op}: {messages}")
+            log.warning("%s: GraphQL reported errors next to its data: %s", op, messages)
+        return value
 
     def create(self, fields: Mapping[str, Any]) -> dict[str, Any]:
-        data = self.query(SAVE, {"input": _to_graphql(fields)}, idempotent=False)
-        return _from_graphql(data.get("saveEndpoint"))
+        saved = self.query(SAVE, {"input": _to_graphql(fields)}, "saveEndpoint", idempotent=False)
+        return _from_graphql(saved)
 
     def list(self) -> list[dict[str, Any]]:
-        data = self.query(LIST, {}, idempotent=True)
-        items = (data.get("myself") or {}).get("endpoints") or []
+        myself = self.query(LIST, {}, "myself", idempotent=True)
+        items = (myself or {}).get("endpoints") or []
         return [_from_graphql(item) for item in items]
 
     def update(self, endpoint_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         current = self._get(endpoint_id)  # an unknown id is a NotFoundError, as over REST
         if set(fields) == {"templateId"}:
             swap = {"endpointId": endpoint_id, "templateId": fields["templateId"]}
-            data = self.query(SWAP_TEMPLATE, {"input": swap}, idempotent=True)
-            return _from_graphql(data.get("updateEndpointTemplate"))
+            swapped = self.query(
+                SWAP_TEMPLATE, {"input": swap}, "updateEndpointTemplate", idempotent=True
+            )
+            return _from_graphql(swapped)
         # saveEndpoint with an id replaces the endpoint: send its current settings merged
         # with the changes.
         merged = {k: v for k, v in current.items() if k != "status" and v is not None}
         merged.update(fields)
-        data = self.query(SAVE, {"input": _to_graphql(merged)}, idempotent=True)
-        return _from_graphql(data.get("saveEndpoint"))
+        saved = self.query(SAVE, {"input": _to_graphql(merged)}, "saveEndpoint", idempotent=True)
+        return _from_graphql(saved)
 
     def _get(self, endpoint_id: str) -> dict[str, Any]:
         for item in self.list():
@@ -253,7 +268,7 @@ class GraphQLTransport(_Base):
         current = self._get(endpoint_id)
         if current["workersMin"] or current["workersMax"]:
             self.update(endpoint_id, {"workersMin": 0, "workersMax": 0})
-        self.query(DELETE, {"id": endpoint_id}, idempotent=True)
+        self.query(DELETE, {"id": endpoint_id}, "deleteEndpoint", idempotent=True)
 
 
 def _to_graphql(fields: Mapping[str, Any]) -> dict[str, Any]:
