@@ -163,9 +163,9 @@ def _hold_for(job: JobState, rt: Runtime, deadline: float | None) -> float | Non
         return None
     if deadline is None:
         return rt.poll.hold
-    remaining = deadline - rt.clock()
     # Leave a little room so the answer arrives before the deadline, not at it.
-    return min(rt.poll.hold, remaining - 0.05) if remaining >= MIN_HOLD else None
+    hold = min(rt.poll.hold, deadline - rt.clock() - 0.05)
+    return hold if hold >= MIN_HOLD else None
 
 
 def _no_hold(error: APIError) -> bool:
