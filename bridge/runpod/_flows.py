@@ -260,6 +260,15 @@ def run_sync(
     target: wire.Target, body: dict[str, Any], rt: Runtime, *, deadline: float | None
 ) -> Flow[Any]:
     """``/runsync?wait=``, then wait on the job; return the output of a COMPLETED job."""
+    job = yield from submit_held(target, body, rt, deadline=deadline)
+    final = yield from wait(job, rt, deadline=deadline)
+    return wire.job_outcome(final, endpoint_id=target.endpoint_id, job_id=job.job_id)
+
+
+def submit_held(
+    target: wire.Target, body: dict[str, Any], rt: Runtime, *, deadline: float | None
+) -> Flow[JobState]:
+    """``/runsync?wait=``; return the job's state, final if it ended within the hold."""
     hold = RUNSYNC_HOLD
     if deadline is not None:  # the server should answer half a second before the deadline
         hold = max(MIN_HOLD, min(hold, deadline - rt.clock() - 0.5))
@@ -267,8 +276,7 @@ def run_sync(
     first = yield from call(request, rt, deadline=deadline, parser=wire.parse_job)
     job = JobState(target, first["id"])
     job.observe(first)
-    final = yield from wait(job, rt, deadline=deadline)
-    return wire.job_outcome(final, endpoint_id=target.endpoint_id, job_id=job.job_id)
+    return job
 
 
 def submit(target: wire.Target, body: dict[str, Any], rt: Runtime) -> Flow[JobState]:

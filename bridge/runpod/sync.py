@@ -195,6 +195,35 @@ class Endpoint:
         body = wire.build_body(request_input, webhook=webhook, policy=policy, s3_config=s3_config)
         return self._driver.run(flows.run_sync(self._target, body, rt, deadline=deadline))
 
+    def run_held(
+        self,
+        request_input: Any,
+        timeout: float = 0,
+        *,
+        webhook: str | None = None,
+        policy: Mapping[str, Any] | None = None,
+        s3_config: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Submit through ``POST /runsync?wait=`` and return the job, finished or not.
+
+        The server holds the request while the job runs (up to 90 s, less with a
+        ``timeout``), so a short job comes back final in one round trip; a longer one is
+        returned unfinished, to be waited on like any other job.
+
+        Args:
+            request_input: as for :meth:`run`.
+            timeout: seconds the hold may last at most (0: the platform's 90 s).
+
+        Returns:
+            The job; ``output()`` on it answers at once when it already ended.
+        """
+        rt = self._driver.runtime
+        deadline = deadline_after(timeout, rt)
+        body = wire.build_body(request_input, webhook=webhook, policy=policy, s3_config=s3_config)
+        flow = flows.submit_held(self._target, body, rt, deadline=deadline)
+        state = self._driver.run(flow)
+        return Job._attach(state, self._driver)
+
     def health(self, timeout: float = 3) -> dict[str, Any]:
         """Worker and job counts of the endpoint (``GET /health``)."""
         request = wire.endpoint_request(self._target, "health", timeout=timeout)
