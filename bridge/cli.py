@@ -69,3 +69,13 @@ def demo(port: int) -> None:
     from bridge.demo import run_demo
 
     run_demo(port=port)
+
+
+def _register() -> None:
+    from bridge.commands import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register()

@@ -111,6 +111,7 @@ class BridgeSettings(BaseSettings):
     consumer_group: str = "bridge"
     dlq_stream: str = "bridge:dlq"
     key_prefix: str = Field("bridge", description="prefix of every Redis key we write")
+    default_queue: str = Field("bridge", description="Celery queue of tasks without a route")
     default_route: str | None = None
     webhook_url: str | None = Field(
         None, description="public base URL of the webhook receiver (webhook mode)"

@@ -1,0 +1,187 @@
+"""The bridge's operator commands: ``worker``, ``beat``, ``submit``, ``cancel``,
+``health``, ``purge``. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bridge.errors import BridgeError, ConfigError
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Routes file (TOML) [env: BRIDGE_CONFIG; default: built-in emulator routes].",
+)
+
+
+def load_settings(config_path: Path | None) -> Any:
+    from bridge.settings import BridgeSettings
+
+    if config_path is not None:
+        os.environ["BRIDGE_CONFIG"] = str(config_path)  # the Celery app reads it too
+    try:
+        return BridgeSettings.load(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@config_option
+@click.option("--pool", default="threads", show_default=True, help="Celery pool.")
+@click.option("--concurrency", "-c", default=4, show_default=True, help="Celery slots.")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--queues", "-Q", default=None, help="Queues [default: every route's queue].")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    config_path: Path | None,
+    pool: str,
+    concurrency: int,
+    loglevel: str,
+    queues: str | None,
+    celery_args: tuple[str, ...],
+) -> None:
+    """Run a bridge worker (a Celery worker; extra arguments go to Celery)."""
+    settings = load_settings(config_path)
+    from bridge.worker.app import app
+
+    queues = queues or ",".join(
+        sorted({settings.default_queue, *(r.queue for r in settings.routes.values())})
+    )
+    argv = [
+        "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
+        f"--queues={queues}", "--task-events", *celery_args,
+    ]  # fmt: skip
+    app.worker_main(argv)
+
+
+@click.command()
+@config_option
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--schedule", default=None, help="Beat's schedule file [default: a temp file].")
+def beat(config_path: Path | None, loglevel: str, schedule: str | None) -> None:
+    """Run Celery beat with the health-check and purge schedule built from the routes."""
+    load_settings(config_path)
+    import tempfile
+
+    from bridge.worker.app import app
+
+    schedule = schedule or str(Path(tempfile.gettempdir()) / f"bridge-beat-{os.getuid()}")
+    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+
+
+@click.command()
+@config_option
+@click.argument("route")
+@click.argument("job_input")
+@click.option("--mode", type=click.Choice(["poll", "stream", "sync", "webhook"]), default=None)
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait.")
+@click.option("--id", "request_id", default=None, help="Request id (idempotency key).")
+def submit(
+    config_path: Path | None,
+    route: str,
+    job_input: str,
+    mode: str | None,
+    timeout: float,
+    request_id: str | None,
+) -> None:
+    """Send a request through the JSON door and show it until its result."""
+    from bridge.producer import JsonDoorClient
+
+    settings = load_settings(config_path)
+    try:
+        data = json.loads(job_input)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"JOB_INPUT is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.ClickException('JOB_INPUT must be a JSON object, e.g. \'{"prompt": "hi"}\'')
+    settings.route(route)  # clear error for an unknown route before sending anything
+    client = JsonDoorClient(settings)
+    request_id = request_id or str(uuid.uuid4())
+    status = client.submit_and_show(route, data, mode=mode, timeout=timeout, request_id=request_id)
+    sys.exit(0 if status == "COMPLETED" else 1)
+
+
+@click.command()
+@config_option
+@click.argument("request_id")
+def cancel(config_path: Path | None, request_id: str) -> None:
+    """Cancel a request (its GPU job too); exit 0 when the request was found."""
+    from bridge.producer import JsonDoorClient
+
+    state = JsonDoorClient(load_settings(config_path)).cancel(request_id)
+    messages = {
+        "unknown": "no such request yet: it will be cancelled if it arrives",
+        "final": "the request had already finished",
+    }
+    click.echo(f"{request_id}: {messages.get(state, f'cancel sent (it was {state})')}")
+    sys.exit(1 if state == "unknown" else 0)
+
+
+@click.command()
+@config_option
+@click.argument("route", required=False)
+@click.option("--live", is_flag=True, help="Ask the endpoints now instead of the snapshots.")
+def health(config_path: Path | None, route: str | None, live: bool) -> None:
+    """Show endpoint health per route (the last beat snapshots, or --live)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bridge.producer import JsonDoorClient
+
+    settings = load_settings(config_path)
+    names = [route] if route else sorted(settings.routes)
+    for name in names:
+        settings.route(name)
+    client = JsonDoorClient(settings)
+    table = Table("route", "endpoint", "age", "in queue", "in progress", "done", "failed",
+                  "workers (idle/running)", "warnings")  # fmt: skip
+    for name in names:
+        snap = client.health(name, live=live)
+        if snap is None:
+            table.add_row(name, settings.routes[name].endpoint_id, "-", *["-"] * 5, "no snapshot")
+            continue
+        jobs = (snap.get("health") or {}).get("jobs") or {}
+        workers = (snap.get("health") or {}).get("workers") or {}
+        age = f"{time.time() - snap['at']:.0f}s"
+        warnings = "; ".join(snap.get("warnings") or []) or ("" if snap.get("ok") else "error")
+        table.add_row(
+            name, snap["endpoint_id"], age, *(str(jobs.get(k, "-")) for k in
+            ("inQueue", "inProgress", "completed", "failed")),
+            f"{workers.get('idle', '-')}/{workers.get('running', '-')}", warnings,
+        )  # fmt: skip
+    Console().print(table)
+
+
+@click.command()
+@config_option
+@click.argument("route")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge(config_path: Path | None, route: str, yes: bool) -> None:
+    """Remove every queued job of ROUTE's endpoint; our purged requests get CANCELLED."""
+    from bridge.producer import JsonDoorClient
+
+    settings = load_settings(config_path)
+    config = settings.route(route)
+    if not yes:
+        click.confirm(
+            f"Purge every queued job of endpoint {config.endpoint_id!r} (route {route})?",
+            abort=True,
+        )
+    try:
+        result = JsonDoorClient(settings).purge(route)
+    except BridgeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"purged {result.get('removed', 0)} queued job(s) of {config.endpoint_id}")
+
+
+COMMANDS = [worker, beat, submit, cancel, health, purge]

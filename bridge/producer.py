@@ -1,0 +1,135 @@
+"""The producer's side of the JSON door, for the CLI and for Python callers without
+Celery: send a request, read its replies, cancel it; read health snapshots; purge."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from rich.console import Console
+
+import bridge.runpod as runpod
+from bridge.errors import RunpodError
+from bridge.settings import BridgeSettings
+from bridge.worker.ledger import CANCEL_SCRIPT
+
+
+class JsonDoorClient:
+    """Talks to the bridge through Redis only (no Celery needed)."""
+
+    def __init__(self, settings: BridgeSettings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.redis = client or redis.Redis.from_url(settings.redis_url)
+        self.prefix = settings.key_prefix
+
+    def send(
+        self,
+        route: str,
+        job_input: dict[str, Any],
+        *,
+        request_id: str | None = None,
+        reply_to: str | None = None,
+        **options: Any,
+    ) -> tuple[str, str]:
+        """XADD a request; returns ``(request_id, reply_to)``."""
+        request_id = request_id or str(uuid.uuid4())
+        reply_to = reply_to or f"{self.prefix}:reply:{request_id}"
+        envelope = {"id": request_id, "route": route, "input": job_input, "reply_to": reply_to}
+        envelope.update({k: v for k, v in options.items() if v is not None})
+        self.redis.xadd(self.settings.requests_stream, {"payload": json.dumps(envelope)})
+        return request_id, reply_to
+
+    def replies(self, reply_to: str, timeout: float) -> Iterator[dict[str, Any]]:
+        """Yield replies (chunks, then the result) as they arrive, until the result or
+        ``timeout`` seconds; a reply list is read destructively."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            item = self.redis.blpop([reply_to], timeout=max(0.01, min(left, 1.0)))
+            if item is None:
+                continue
+            message: dict[str, Any] = json.loads(item[1])
+            yield message
+            if message.get("type") == "result":
+                return
+
+    def submit_and_show(
+        self,
+        route: str,
+        job_input: dict[str, Any],
+        *,
+        mode: str | None,
+        timeout: float,
+        request_id: str,
+        console: Console | None = None,
+    ) -> str:
+        """Send, then show state, elapsed time and chunks live; return the final status
+        (``WAITING`` if nothing came within ``timeout``)."""
+        console = console or Console()
+        start = time.monotonic()
+        _, reply_to = self.send(route, job_input, request_id=request_id, mode=mode)
+        console.print(f"request [cyan]{request_id}[/] sent to route [bold]{route}[/]")
+        status = "WAITING"
+        with console.status("waiting for the endpoint…") as spinner:
+            for message in self.replies(reply_to, timeout):
+                elapsed = time.monotonic() - start
+                if message["type"] == "chunk":
+                    console.print(f"  chunk {message['seq']}: {json.dumps(message['output'])}")
+                    spinner.update(f"streaming… {elapsed:.1f}s")
+                    continue
+                status = str(message["status"])
+                color = "green" if status == "COMPLETED" else "red"
+                console.print(
+                    f"[{color}]{status}[/] after {elapsed:.2f}s (job {message.get('job_id')})"
+                )
+                if "output" in message:
+                    console.print_json(json.dumps(message["output"]))
+                for key in ("error", "reason", "message"):
+                    if message.get(key):
+                        console.print(f"{key}: {message[key]}")
+        if status == "WAITING":
+            console.print(
+                f"[yellow]no result within {timeout:g}s[/] (request {request_id} goes on)"
+            )
+        return status
+
+    def cancel(self, request_id: str) -> str:
+        """Ask for a cancel; returns the request's state (``unknown`` if never seen)."""
+        script = self.redis.register_script(CANCEL_SCRIPT)
+        state = script(
+            keys=[f"{self.prefix}:req:{request_id}", f"{self.prefix}:task:{request_id}"],
+            args=[f"{self.prefix}:cancel", 86400, request_id, f"{self.prefix}:req:"],
+        )
+        return state.decode() if isinstance(state, bytes) else str(state)
+
+    def health(self, route: str, *, live: bool = False) -> dict[str, Any] | None:
+        """The last stored health snapshot of ``route``, or a fresh one with ``live``."""
+        if live:
+            config = self.settings.route(route)
+            snapshot: dict[str, Any] = {"route": route, "endpoint_id": config.endpoint_id}
+            try:
+                health = self._endpoint(route).health(timeout=10)
+                snapshot.update(ok=True, health=health, warnings=[])
+            except RunpodError as exc:
+                snapshot.update(ok=False, error=str(exc), warnings=["endpoint unreachable"])
+            snapshot["at"] = time.time()
+            return snapshot
+        raw = self.redis.get(f"{self.prefix}:health:{route}")
+        return json.loads(raw) if raw else None
+
+    def purge(self, route: str) -> dict[str, Any]:
+        """Purge the endpoint's queue and tell the workers to re-read their jobs."""
+        result = self._endpoint(route).purge_queue(timeout=10)
+        self.redis.publish(f"{self.prefix}:wake", f"purge:{route}")
+        return result
+
+    def _endpoint(self, route: str) -> runpod.Endpoint:
+        config = self.settings.route(route)
+        return runpod.Endpoint(
+            config.endpoint_id,
+            api_key=config.api_key().get_secret_value(),
+            base_url=config.base_url,
+        )

@@ -1,0 +1,138 @@
+"""The Celery app: ``celery -A bridge.worker.app worker`` works as Celery users expect.
+
+The app is built from :class:`~bridge.settings.BridgeSettings` (environment ``BRIDGE_*``,
+routes file from ``BRIDGE_CONFIG``). Each worker process starts one event loop thread
+and its :class:`~bridge.worker.service.BridgeService` at boot (prefork children at
+``worker_process_init``; thread, solo and gevent pools at ``worker_init``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery, signals
+from celery.schedules import crontab
+
+from bridge.settings import BridgeSettings
+from bridge.worker.runtime import LoopThread
+from bridge.worker.service import BridgeService
+
+log = logging.getLogger("bridge.worker")
+
+
+def beat_schedule(settings: BridgeSettings) -> dict[str, dict[str, Any]]:
+    """Health checks and purges per route, as Celery beat entries."""
+    schedule: dict[str, dict[str, Any]] = {}
+    for name, route in settings.routes.items():
+        if route.health_interval_s:
+            schedule[f"bridge-health-{name}"] = {
+                "task": "bridge.health",
+                "schedule": timedelta(seconds=route.health_interval_s),
+                "args": (name,),
+                "options": {"queue": route.queue, "expires": route.health_interval_s},
+            }
+        if route.purge_every_s or route.purge_crontab:
+            when: Any = timedelta(seconds=route.purge_every_s or 0)
+            if route.purge_crontab:
+                minute, hour, day, month, weekday = route.purge_crontab.split()
+                when = crontab(minute, hour, weekday, day, month)
+            schedule[f"bridge-purge-{name}"] = {
+                "task": "bridge.purge",
+                "schedule": when,
+                "args": (name,),
+                "options": {"queue": route.queue},
+            }
+    return schedule
+
+
+def create_app(settings: BridgeSettings | None = None) -> Celery:
+    """Build the Celery app for ``settings`` (loaded from the environment if omitted)."""
+    settings = settings or BridgeSettings.load()
+    celery = Celery("bridge", broker=settings.broker, backend=settings.backend)
+    queues = {name: route.queue for name, route in settings.routes.items()}
+
+    def route_task(name: str, args: Any, kwargs: Any, options: Any, **_: Any) -> Any:
+        if name == "bridge.run":
+            route = (kwargs or {}).get("route") or (args[0] if args else None)
+            if route in queues:
+                return {"queue": queues[route]}
+        return None
+
+    celery.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.default_queue,
+        task_routes=(route_task,),
+        task_acks_late=True,  # our tasks only hand over: redelivery is cheap and safe
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=8,
+        worker_send_task_events=True,  # Flower
+        task_send_sent_event=True,
+        result_expires=timedelta(days=1),
+        broker_connection_retry_on_startup=True,
+        beat_schedule=beat_schedule(settings),
+        bridge_settings=settings,
+    )
+    celery.conf.include = ["bridge.worker.tasks"]
+    return celery
+
+
+class Runtime:
+    """This process' loop thread and bridge service (one per worker process)."""
+
+    _lock = threading.Lock()
+    _current: Runtime | None = None
+
+    def __init__(self, settings: BridgeSettings, celery: Celery) -> None:
+        self.loop = LoopThread()
+        self.loop.start()
+        self.service = BridgeService(settings, celery)
+        self.loop.call(self.service.start(), timeout=30)
+
+    @classmethod
+    def get(cls, celery: Celery | None = None) -> Runtime:
+        with cls._lock:
+            if cls._current is None:
+                celery = celery or app
+                cls._current = cls(celery.conf.bridge_settings, celery)
+            return cls._current
+
+    @classmethod
+    def shutdown(cls) -> None:
+        with cls._lock:
+            current, cls._current = cls._current, None
+        if current is not None:
+            try:
+                current.loop.call(current.service.stop(), timeout=30)
+            finally:
+                current.loop.stop()
+
+
+def _is_prefork(worker: Any) -> bool:
+    pool = getattr(worker, "pool_cls", None)
+    name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+    return "prefork" in str(name)
+
+
+@signals.worker_init.connect
+def _start_in_main_process(sender: Any = None, **_: Any) -> None:
+    if not _is_prefork(sender):
+        Runtime.get(getattr(sender, "app", None))
+
+
+@signals.worker_process_init.connect
+def _start_in_child(**_: Any) -> None:
+    Runtime.get()
+
+
+@signals.worker_shutdown.connect
+@signals.worker_process_shutdown.connect
+def _stop(**_: Any) -> None:
+    Runtime.shutdown()
+
+
+app = create_app()

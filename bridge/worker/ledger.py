@@ -1,0 +1,250 @@
+"""The request ledger in Redis: every accepted request, its job id, and its one final reply.
+
+Keys (``P`` is the configured prefix):
+
+- ``P:req:{id}`` hash: ``state`` (``accepted`` → ``submitting`` → ``submitted`` →
+  ``final``; ``tombstone`` for a cancel that arrived first), ``route``, ``request``
+  (the request as JSON), ``job_id``, ``cancel`` (1 when a cancel was asked), ``owner``,
+  ``final`` (the final reply as JSON), ``created``.
+- ``P:inflight:{route}`` set: ids of the route's requests not yet final.
+- channel ``P:cancel``: request ids whose cancel was asked (trackers listen).
+- channel ``P:wake``: request ids whose job changed (webhooks, purges).
+
+Every state change that must happen once is one Lua script, so two processes racing
+to finish a request cannot both deliver a final reply.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+_CLAIM = """
+local key = KEYS[1]
+local state = redis.call('HGET', key, 'state')
+if state and state ~= 'tombstone' then
+  return {'duplicate', state, redis.call('HGET', key, 'cancel') or '0'}
+end
+redis.call('HSET', key, 'state', 'accepted', 'route', ARGV[1], 'request', ARGV[2],
+           'created', ARGV[3], 'owner', ARGV[4])
+redis.call('EXPIRE', key, ARGV[5])
+redis.call('SADD', KEYS[2], ARGV[6])
+if ARGV[7] ~= '' and ARGV[7] ~= ARGV[6] then
+  redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[5])
+  if redis.call('HGET', KEYS[4], 'cancel') == '1' then
+    state = 'tombstone'
+  end
+end
+if state == 'tombstone' then
+  return {'new', 'accepted', '1'}
+end
+return {'new', 'accepted', '0'}
+"""
+
+_SUBMITTING = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'accepted' then
+  redis.call('HSET', KEYS[1], 'state', 'submitting', 'owner', ARGV[1])
+  return {'ok', redis.call('HGET', KEYS[1], 'cancel') or '0'}
+end
+return {state or 'missing', redis.call('HGET', KEYS[1], 'cancel') or '0'}
+"""
+
+_SUBMITTED = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'submitting' or state == 'accepted' then
+  redis.call('HSET', KEYS[1], 'state', 'submitted', 'job_id', ARGV[1])
+  return {'ok', redis.call('HGET', KEYS[1], 'cancel') or '0'}
+end
+return {state or 'missing', redis.call('HGET', KEYS[1], 'cancel') or '0'}
+"""
+
+_FINALIZE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'final' or not state then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'final', 'final', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SREM', KEYS[2], ARGV[5])
+if ARGV[3] ~= '' then
+  redis.call('RPUSH', ARGV[3], ARGV[1])
+  redis.call('EXPIRE', ARGV[3], ARGV[4])
+end
+return 1
+"""
+
+_CHUNK = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'final' or not state then
+  return 0
+end
+redis.call('RPUSH', ARGV[1], ARGV[2])
+redis.call('EXPIRE', ARGV[1], ARGV[3])
+return 1
+"""
+
+CANCEL_SCRIPT = """
+local key = KEYS[1]
+local alias = redis.call('GET', KEYS[2])
+if alias then
+  key = ARGV[4] .. alias
+end
+local state = redis.call('HGET', key, 'state')
+if state == 'final' then
+  return 'final'
+end
+if state == 'tombstone' then
+  return 'unknown'
+end
+if not state then
+  redis.call('HSET', key, 'state', 'tombstone', 'cancel', '1')
+  redis.call('EXPIRE', key, ARGV[2])
+  return 'unknown'
+end
+redis.call('HSET', key, 'cancel', '1')
+redis.call('PUBLISH', ARGV[1], alias or ARGV[3])
+return state
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to :meth:`Ledger.claim`: ``new`` is False for a duplicate."""
+
+    new: bool
+    state: str
+    cancel_requested: bool
+
+
+class Ledger:
+    """Request records in Redis (see the module docstring for the keys)."""
+
+    def __init__(self, redis: Redis, prefix: str = "bridge", *, pending_ttl_s: int = 8 * 86400):
+        self.redis = redis
+        self.prefix = prefix
+        self.pending_ttl_s = pending_ttl_s
+        self.cancel_channel = f"{prefix}:cancel"
+        self.wake_channel = f"{prefix}:wake"
+        self._claim = redis.register_script(_CLAIM)
+        self._submitting = redis.register_script(_SUBMITTING)
+        self._submitted = redis.register_script(_SUBMITTED)
+        self._finalize = redis.register_script(_FINALIZE)
+        self._chunk = redis.register_script(_CHUNK)
+        self._cancel = redis.register_script(CANCEL_SCRIPT)
+
+    def key(self, request_id: str) -> str:
+        return f"{self.prefix}:req:{request_id}"
+
+    def inflight_key(self, route: str) -> str:
+        return f"{self.prefix}:inflight:{route}"
+
+    def task_key(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    async def claim(
+        self,
+        request_id: str,
+        route: str,
+        request: dict[str, Any],
+        owner: str,
+        task_id: str | None = None,
+    ) -> Claim:
+        """Record a request before anything is sent; a known id is a duplicate. A Celery
+        task id that differs from the request id is kept as an alias (for revoke)."""
+        result = await self._claim(
+            keys=[
+                self.key(request_id),
+                self.inflight_key(route),
+                self.task_key(task_id or ""),
+                self.key(task_id or ""),
+            ],
+            args=[
+                route,
+                json.dumps(request, separators=(",", ":")),
+                f"{time.time():.3f}",
+                owner,
+                self.pending_ttl_s,
+                request_id,
+                task_id or "",
+            ],
+        )
+        kind, state, cancel = (_text(v) for v in result)
+        return Claim(new=kind == "new", state=state, cancel_requested=cancel == "1")
+
+    async def mark_submitting(self, request_id: str, owner: str) -> tuple[str, bool]:
+        """``("ok", cancel)`` when we may POST /run now; else the state that forbids it."""
+        state, cancel = await self._submitting(keys=[self.key(request_id)], args=[owner])
+        return _text(state), _text(cancel) == "1"
+
+    async def mark_submitted(self, request_id: str, job_id: str) -> tuple[str, bool]:
+        """Record the endpoint's job id; returns ``("ok", cancel_requested)``."""
+        state, cancel = await self._submitted(keys=[self.key(request_id)], args=[job_id])
+        return _text(state), _text(cancel) == "1"
+
+    async def finalize(
+        self,
+        request_id: str,
+        route: str,
+        reply: dict[str, Any],
+        *,
+        reply_to: str | None,
+        reply_ttl_s: int,
+        result_ttl_s: int,
+    ) -> bool:
+        """Store the final reply and push it to ``reply_to``, once: False if another
+        process (or an earlier call) already finished this request."""
+        won = await self._finalize(
+            keys=[self.key(request_id), self.inflight_key(route)],
+            args=[
+                json.dumps(reply, separators=(",", ":")),
+                result_ttl_s,
+                reply_to or "",
+                reply_ttl_s,
+                request_id,
+            ],
+        )
+        return bool(won)
+
+    async def push_chunk(
+        self, request_id: str, reply_to: str, chunk: dict[str, Any], ttl_s: int
+    ) -> bool:
+        """Push a stream chunk, unless the request is already final."""
+        pushed = await self._chunk(
+            keys=[self.key(request_id)],
+            args=[reply_to, json.dumps(chunk, separators=(",", ":")), ttl_s],
+        )
+        return bool(pushed)
+
+    async def request_cancel(self, request_id: str) -> str:
+        """Ask for a cancel. Returns the request's state: ``unknown`` (a tombstone is left
+        so the request is cancelled if it arrives later), ``final``, or the live state
+        (trackers are told through the cancel channel)."""
+        result = await self._cancel(
+            keys=[self.key(request_id), self.task_key(request_id)],
+            args=[self.cancel_channel, self.pending_ttl_s, request_id, f"{self.prefix}:req:"],
+        )
+        return _text(result)
+
+    async def get(self, request_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.key(request_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def final_reply(self, request_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(self.key(request_id), "final")
+        return json.loads(raw) if raw else None
+
+    async def inflight(self, route: str) -> set[str]:
+        members = await self.redis.smembers(self.inflight_key(route))
+        return {_text(m) for m in members}
+
+    async def wake(self, request_id: str) -> None:
+        await self.redis.publish(self.wake_channel, request_id)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,201 @@
+"""The bridge of one worker process: ledger, budgets, HTTP session, tracker, JSON door,
+and the listener for cancels and wake-ups. It lives on the process' event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from celery import Celery
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
+
+from bridge.egress.celery_results import CeleryResults
+from bridge.errors import RequestRejected
+from bridge.ingress.envelope import Rejection
+from bridge.ingress.json_door import JsonDoor
+from bridge.runpod.http_client import ClientSession
+from bridge.settings import BridgeSettings
+from bridge.worker.budget import Budgets, Limit, budget_trace_config
+from bridge.worker.ledger import Ledger
+from bridge.worker.model import REJECTED, Outcome, Request
+from bridge.worker.tracker import Tracker
+
+log = logging.getLogger("bridge.service")
+
+
+class BridgeService:
+    """Everything one worker process runs on its loop.
+
+    Args:
+        settings: the bridge settings.
+        celery_app: the Celery app whose result backend and canvases the Celery door
+            uses; None when only the JSON door is served.
+        json_door: consume the request stream in this process.
+    """
+
+    def __init__(
+        self, settings: BridgeSettings, celery_app: Celery | None = None, *, json_door: bool = True
+    ) -> None:
+        self.settings = settings
+        self.celery_app = celery_app
+        self.serve_json_door = json_door
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        settings = self.settings
+        # Thousands of jobs share one process: wait for a free connection, never fail.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=64, timeout=30, health_check_interval=30
+        )
+        self.redis = Redis(connection_pool=pool)
+        self.ledger = Ledger(self.redis, settings.key_prefix)
+        limits = {
+            route.endpoint_id: {
+                op: Limit(n, route.budget_window_s) for op, n in route.budgets.items()
+            }
+            for route in settings.routes.values()
+        }
+        self.budgets = Budgets(self.redis, limits, settings.key_prefix)
+        self.session = ClientSession(trace_configs=[budget_trace_config(self.budgets)])
+        self.results = CeleryResults(self.celery_app) if self.celery_app else None
+        self.tracker = Tracker(
+            settings,
+            self.ledger,
+            self.session,
+            finish=self.deliver,
+            progress=self.progress,
+            owner=self.owner,
+            webhook_url=settings.webhook_url,
+        )
+        self.pubsub = self.redis.pubsub()
+        await self.pubsub.subscribe(self.ledger.cancel_channel, self.ledger.wake_channel)
+        self._tasks.append(asyncio.create_task(self._listen(), name="bridge-listener"))
+        if self.serve_json_door:
+            self.json_door = JsonDoor(
+                self.redis,
+                settings,
+                self.ledger,
+                accept=self.tracker.accept,
+                reject=self.reject_entry,
+                backlog=self.tracker.backlog,
+            )
+            self._tasks.append(asyncio.create_task(self.json_door.run(), name="bridge-json-door"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, RedisError):
+                await task
+        await self.tracker.close()
+        await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self.session.close()
+        await self.redis.aclose()
+        if self.results is not None:
+            self.results.close()
+
+    # -- delivery --------------------------------------------------------------------------
+
+    async def deliver(self, request: Request, outcome: Outcome) -> None:
+        """Deliver the one final reply; only the process that wins the ledger's finish
+        writes the Celery result and continues the canvas."""
+        route = self.settings.routes.get(request.route)
+        reply = outcome.reply(request.id, request.route, request.accepted_at)
+        won = await self.ledger.finalize(
+            request.id,
+            request.route,
+            reply,
+            reply_to=request.reply_to,
+            reply_ttl_s=route.reply_ttl_s if route else 3600,
+            result_ttl_s=route.result_ttl_s if route else 86400,
+        )
+        if not won:
+            log.info("request %s was already finished elsewhere", request.id)
+            return
+        log.info(
+            "request %s %s (job %s, route %s)", request.id, outcome.status, outcome.job_id,
+            request.route,
+        )  # fmt: skip
+        if self.results is not None and request.continuation is not None:
+            endpoint_id = route.endpoint_id if route else ""
+            await self.results.finish(request.continuation, outcome, request.id, endpoint_id)
+
+    async def progress(self, request: Request, state: str, meta: dict[str, Any]) -> None:
+        if self.results is not None and request.continuation is not None:
+            await self.results.progress(request.continuation.task_id, state, meta)
+
+    async def reject_entry(self, rejection: Rejection, fields: dict[bytes, bytes]) -> None:
+        """Answer (when a reply list is known) and dead-letter a refused JSON-door entry."""
+        payload = fields.get(b"payload", b"")
+        await self.dead_letter(
+            reason=rejection.reason,
+            message=rejection.message,
+            request_id=rejection.request_id,
+            payload=payload.decode("utf-8", "replace"),
+        )
+        if rejection.reply_to:
+            outcome = Outcome(REJECTED, reason=rejection.reason, message=rejection.message)
+            reply = outcome.reply(rejection.request_id or "", "", time.time())
+            await self.redis.rpush(rejection.reply_to, json.dumps(reply))
+            await self.redis.expire(rejection.reply_to, 3600)
+
+    async def reject_request(self, request: Request, error: RequestRejected) -> None:
+        """Refuse a Celery-door request: reply, dead letter, and a failed task result."""
+        await self.dead_letter(
+            reason=error.reason,
+            message=error.message,
+            request_id=request.id,
+            payload=json.dumps(request.to_record(), default=str),
+        )
+        outcome = Outcome(REJECTED, reason=error.reason, message=error.message)
+        if request.reply_to:
+            reply = outcome.reply(request.id, request.route, request.accepted_at)
+            await self.redis.rpush(request.reply_to, json.dumps(reply))
+            await self.redis.expire(request.reply_to, 3600)
+        if self.results is not None and request.continuation is not None:
+            await self.results.finish(request.continuation, outcome, request.id, "")
+
+    async def dead_letter(
+        self, *, reason: str, message: str, request_id: str | None, payload: str
+    ) -> None:
+        entry: dict[Any, Any] = {
+            "reason": reason,
+            "message": message,
+            "request_id": request_id or "",
+            "payload": payload,
+            "at": f"{time.time():.3f}",
+        }
+        await self.redis.xadd(self.settings.dlq_stream, entry, maxlen=100_000, approximate=True)
+
+    # -- cancels and wake-ups ------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except (RedisError, OSError) as exc:
+                log.warning("cancel/wake listener lost Redis (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if message is None:
+                continue
+            channel = _text(message["channel"])
+            data = _text(message["data"])
+            if channel == self.ledger.cancel_channel:
+                self.tracker.cancel(data)
+            elif data.startswith("purge:"):
+                self.tracker.wake_route(data.removeprefix("purge:"), purged=True)
+            else:
+                self.tracker.wake(data)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,131 @@
+"""Thin Celery tasks: decode arguments, hand over to the process' bridge service, return.
+
+``bridge.run`` returns once its request is recorded (the GPU job is followed by the
+tracker, not by a Celery slot); its result, chain and links are delivered when the job
+ends. ``revoke`` is extended so that revoking a ``bridge.run`` task also cancels its GPU
+job (Celery alone only forgets tasks that have not started).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery import Task, shared_task
+from celery.worker import control
+from pydantic import ValidationError
+
+from bridge.errors import RequestRejected
+from bridge.ingress.envelope import Envelope, describe
+from bridge.ingress.json_door import to_request
+from bridge.settings import BridgeSettings
+from bridge.worker import periodic
+from bridge.worker.app import Runtime
+from bridge.worker.ledger import CANCEL_SCRIPT
+from bridge.worker.model import Continuation, Request
+
+log = logging.getLogger("bridge.tasks")
+
+
+@shared_task(name="bridge.run", bind=True, ignore_result=True)
+def run(
+    self: Task,
+    route: str | None = None,
+    input: dict[str, Any] | None = None,
+    mode: str | None = None,
+    request_id: str | None = None,
+    reply_to: str | None = None,
+    policy: dict[str, Any] | None = None,
+    webhook: str | None = None,
+    s3_config: dict[str, Any] | None = None,
+    deadline_s: float | None = None,
+    endpoint_id: str | None = None,
+) -> str:
+    """Submit ``input`` to ``route``'s endpoint. ``AsyncResult.get()`` returns the job's
+    output, or raises JobFailed / JobCancelled / JobTimedOut / RequestRejected."""
+    req = self.request
+    continuation = Continuation(
+        task_id=req.id,
+        root_id=req.root_id,
+        parent_id=req.parent_id,
+        chain=req.chain,
+        callbacks=req.callbacks,
+        errbacks=req.errbacks,
+    )
+    # Celery would run these now; the tracker runs them when the job has ended.
+    req.chain = req.callbacks = req.errbacks = None
+    runtime = Runtime.get(self.app)
+    service = runtime.service
+    settings: BridgeSettings = service.settings
+    fields = {
+        "id": request_id, "route": route, "endpoint_id": endpoint_id, "input": input,
+        "reply_to": reply_to, "mode": mode, "policy": policy, "webhook": webhook,
+        "s3Config": s3_config, "deadline_s": deadline_s,
+    }  # fmt: skip
+    request = Request(
+        id=request_id or req.id,
+        route=route or "",
+        input=input if isinstance(input, dict) else {},
+        mode=mode or "poll",
+        reply_to=reply_to if isinstance(reply_to, str) else None,
+        continuation=continuation,
+    )
+    try:
+        envelope = Envelope.model_validate({k: v for k, v in fields.items() if v is not None})
+        request = to_request(envelope, settings)
+        request.id = request_id or req.id
+        request.continuation = continuation
+        return runtime.loop.call(service.tracker.accept(request), timeout=settings.submit_timeout_s)
+    except ValidationError as exc:
+        error = RequestRejected(describe(exc), "invalid_arguments", request.id)
+    except RequestRejected as exc:
+        error = exc
+    runtime.loop.call(service.reject_request(request, error), timeout=settings.submit_timeout_s)
+    return "rejected"
+
+
+@shared_task(name="bridge.health", bind=True)
+def health(self: Task, route: str) -> dict[str, Any]:
+    """Check ``route``'s endpoint health and store the snapshot."""
+    runtime = Runtime.get(self.app)
+    return runtime.loop.call(periodic.check_health(runtime.service, route), timeout=60)
+
+
+@shared_task(name="bridge.purge", bind=True)
+def purge(self: Task, route: str) -> dict[str, Any]:
+    """Purge ``route``'s endpoint queue; purged requests get their final replies."""
+    runtime = Runtime.get(self.app)
+    return runtime.loop.call(periodic.purge(runtime.service, route), timeout=60)
+
+
+# -- revoke reaches the GPU ------------------------------------------------------------
+
+_celery_revoke = control.Panel.data["revoke"]
+
+
+@control.control_command(
+    name="revoke",
+    args=[("task_id", str), ("terminate", bool), ("signal", str)],
+    signature="[id1 [id2 [... [idN]]]]",
+)
+def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **kw: Any) -> Any:
+    """Celery's revoke, plus: ask the bridge to cancel the task's request (and its job)."""
+    reply = _celery_revoke(state, task_id, terminate=terminate, signal=signal, **kw)
+    ids = task_id if isinstance(task_id, list | tuple | set) else [task_id]
+    settings: BridgeSettings = state.app.conf.bridge_settings
+    try:
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            script = client.register_script(CANCEL_SCRIPT)
+            prefix = settings.key_prefix
+            for one in ids:
+                script(
+                    keys=[f"{prefix}:req:{one}", f"{prefix}:task:{one}"],
+                    args=[f"{prefix}:cancel", 86400, one, f"{prefix}:req:"],
+                )
+        finally:
+            client.close()
+    except redis.RedisError:
+        log.exception("revoke could not reach the bridge's Redis; the job may go on")
+    return reply

@@ -1,0 +1,385 @@
+"""The tracker: every in-flight job of one worker process, on one asyncio loop.
+
+A request handed to :meth:`Tracker.accept` is recorded in the ledger first, then
+submitted once when its route has room, then followed by its mode until it ends, and
+its one final reply is delivered. Nothing here blocks a Celery slot: the tasks and the
+JSON door only hand requests over.
+
+Modes: ``poll`` (adaptive status checks, held server-side while the route is lightly
+loaded), ``stream`` (``/stream``, each chunk forwarded as it comes), ``sync``
+(``/runsync?wait=``, then as poll), ``webhook`` (the endpoint calls our receiver, which
+wakes the request; a slow poll is the safety net; the result is always read back from
+``/status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from bridge.errors import (
+    JobError,
+    JobExpired,
+    NotFoundError,
+    RequestRejected,
+    RunpodError,
+)
+from bridge.runpod import AsyncioEndpoint, AsyncioJob, PollPolicy
+from bridge.settings import BridgeSettings, RouteConfig
+from bridge.worker.ledger import Ledger
+from bridge.worker.model import (
+    CANCELLED,
+    EXPIRED,
+    FAILED,
+    REJECTED,
+    TIMED_OUT,
+    Outcome,
+    Request,
+)
+
+log = logging.getLogger("bridge.tracker")
+
+Finisher = Callable[[Request, Outcome], Awaitable[None]]
+Progress = Callable[[Request, str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class Tracked:
+    """One request this process is following."""
+
+    request: Request
+    job: AsyncioJob | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_asked: bool = False
+    purge_seen: bool = False
+    last_state: str | None = None
+    task: asyncio.Task[None] | None = None
+
+    def wants_cancel(self) -> bool:
+        """Read through a method: other coroutines set the flag while we wait."""
+        return self.cancel_asked
+
+
+class RouteRuntime:
+    """A route's clients and its in-flight cap."""
+
+    def __init__(self, name: str, config: RouteConfig, session: aiohttp.ClientSession):
+        self.name = name
+        self.config = config
+        key = config.api_key().get_secret_value()
+        common: dict[str, Any] = {"api_key": key, "base_url": config.base_url}
+        self.held = AsyncioEndpoint(config.endpoint_id, session, **common)
+        self.plain = AsyncioEndpoint(
+            config.endpoint_id, session, poll=PollPolicy(long_poll=False, cap=5.0), **common
+        )
+        self.safety = AsyncioEndpoint(
+            config.endpoint_id,
+            session,
+            poll=PollPolicy(long_poll=False, first=config.webhook_safety_poll_s, factor=1.0,
+                            cap=config.webhook_safety_poll_s),
+            **common,
+        )  # fmt: skip
+        self.slots = asyncio.Semaphore(config.max_in_flight)
+        self.in_flight = 0
+        self.waiting = 0
+
+    def endpoint_for(self, mode: str) -> AsyncioEndpoint:
+        if mode == "webhook":
+            return self.safety
+        return self.held if self.in_flight < self.config.long_poll_below else self.plain
+
+
+class Tracker:
+    """Holds and follows every in-flight request of this process.
+
+    Args:
+        settings: the bridge settings (routes).
+        ledger: the request ledger.
+        session: the one HTTP session all jobs share.
+        finish: delivers an outcome after the ledger said this process won the finish.
+        progress: records an in-flight state change (Celery door).
+        owner: this process' name in the ledger.
+        webhook_url: base URL of the webhook receiver (mode ``webhook``).
+    """
+
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        ledger: Ledger,
+        session: aiohttp.ClientSession,
+        *,
+        finish: Finisher,
+        progress: Progress,
+        owner: str,
+        webhook_url: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.owner = owner
+        self.webhook_url = webhook_url
+        self._finish = finish
+        self._progress = progress
+        self.routes = {
+            name: RouteRuntime(name, config, session) for name, config in settings.routes.items()
+        }
+        self.active: dict[str, Tracked] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # -- entry -------------------------------------------------------------------------
+
+    def backlog(self) -> int:
+        """Requests accepted here that still wait for a free slot on their route."""
+        return sum(r.waiting for r in self.routes.values())
+
+    async def accept(self, request: Request) -> str:
+        """Record and start following ``request``. Returns ``accepted``, ``duplicate``
+        (the id is known: nothing is submitted again) or ``cancelled`` (a cancel came
+        first: it is answered and never submitted)."""
+        if request.route not in self.routes:
+            raise RequestRejected(
+                f"unknown route {request.route!r} (configured: {', '.join(sorted(self.routes))})",
+                "unknown_route",
+                request.id,
+            )
+        task_id = request.continuation.task_id if request.continuation else None
+        claim = await self.ledger.claim(
+            request.id, request.route, request.to_record(), self.owner, task_id
+        )
+        if not claim.new:
+            return "duplicate"
+        tracked = Tracked(request)
+        self.active[request.id] = tracked
+        self.idle.clear()
+        if claim.cancel_requested:
+            tracked.cancel_asked = True
+        tracked.task = asyncio.create_task(self._run(tracked), name=f"request-{request.id}")
+        return "cancelled" if claim.cancel_requested else "accepted"
+
+    async def reject(self, request: Request, reason: str, message: str) -> None:
+        """Answer a request we will not submit (its id may be unknown to the ledger)."""
+        await self._finish(request, Outcome(REJECTED, reason=reason, message=message))
+
+    def cancel(self, request_id: str) -> bool:
+        """A cancel was asked (revoke, CLI, JSON door): stop the job if we hold it."""
+        tracked = self.active.get(request_id)
+        if tracked is None:
+            return False
+        tracked.cancel_asked = True
+        tracked.wake.set()
+        return True
+
+    def wake(self, request_id: str, *, purged: bool = False) -> bool:
+        tracked = self.active.get(request_id)
+        if tracked is None:
+            return False
+        tracked.purge_seen = tracked.purge_seen or purged
+        tracked.wake.set()
+        return True
+
+    def wake_route(self, route: str, *, purged: bool = False) -> int:
+        woken = 0
+        for tracked in list(self.active.values()):
+            if tracked.request.route == route:
+                woken += self.wake(tracked.request.id, purged=purged)
+        return woken
+
+    async def close(self) -> None:
+        tasks = [t.task for t in self.active.values() if t.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- one request -------------------------------------------------------------------
+
+    async def _run(self, tracked: Tracked) -> None:
+        request = tracked.request
+        route = self.routes[request.route]
+        try:
+            route.waiting += 1
+            try:
+                await route.slots.acquire()
+            finally:
+                route.waiting -= 1
+            route.in_flight += 1
+            try:
+                outcome = await self._follow(tracked, route)
+            finally:
+                route.in_flight -= 1
+                route.slots.release()
+            if outcome is not None:
+                await self._finish(request, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The request stays in the ledger (not final): recovery can resume it.
+            log.exception("request %s stopped unexpectedly", request.id)
+        finally:
+            self.active.pop(request.id, None)
+            if not self.active:
+                self.idle.set()
+
+    async def _follow(self, tracked: Tracked, route: RouteRuntime) -> Outcome | None:
+        request = tracked.request
+        state, cancel = await self.ledger.mark_submitting(request.id, self.owner)
+        if state != "ok":
+            log.info("request %s is %s elsewhere; not submitting", request.id, state)
+            return None
+        if cancel or tracked.cancel_asked:
+            return Outcome(CANCELLED, reason="cancelled", message="cancelled before submission")
+        deadline = request.accepted_at + request.deadline_s if request.deadline_s else None
+        endpoint = route.endpoint_for(request.mode)
+        try:
+            tracked.job = await self._submit(request, endpoint)
+        except RunpodError as exc:
+            return Outcome(FAILED, reason="submit_failed", message=str(exc))
+        job = tracked.job
+        state, cancel = await self.ledger.mark_submitted(request.id, job.job_id)
+        await self._progress(request, "IN_QUEUE", {"job_id": job.job_id, "route": request.route})
+        tracked.cancel_asked = tracked.cancel_asked or cancel
+        observer = None
+        if request.continuation is not None:  # its Celery state is visible: keep it true
+            observer = asyncio.create_task(self._observe_start(tracked))
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - time.time())
+            async with asyncio.timeout(remaining):
+                return await self._until_final(tracked, route)
+        except TimeoutError:
+            await self._cancel_quietly(job)
+            return Outcome(
+                TIMED_OUT,
+                reason="deadline",
+                message=f"no result within the request's deadline of {request.deadline_s} s",
+                job_id=job.job_id,
+            )
+        finally:
+            if observer is not None:
+                observer.cancel()
+
+    async def _observe_start(self, tracked: Tracked) -> None:
+        """Notice when a queued job starts running (a held wait only reports its end):
+        checks at 0.1 s, 0.2 s, 0.4 s … (at most 5 s apart) until it runs."""
+        pause = 0.1
+        while tracked.last_state != "IN_PROGRESS":
+            await asyncio.sleep(pause)
+            if await self._look(tracked) is not None:
+                return
+            pause = min(pause * 2, 5.0)
+
+    async def _submit(self, request: Request, endpoint: AsyncioEndpoint) -> AsyncioJob:
+        body = request.body()
+        if request.mode == "webhook" and self.webhook_url:
+            body["webhook"] = f"{self.webhook_url.rstrip('/')}/webhook/{request.id}"
+        if request.mode == "sync":
+            return await endpoint.run_held(body)
+        return await endpoint.run(body)
+
+    async def _until_final(self, tracked: Tracked, route: RouteRuntime) -> Outcome:
+        job = tracked.job
+        assert job is not None
+        while True:
+            if tracked.wants_cancel():
+                return await self._cancel(tracked)
+            tracked.wake.clear()
+            watcher = asyncio.create_task(self._watch(tracked))
+            woken = asyncio.create_task(tracked.wake.wait())
+            done, _ = await asyncio.wait({watcher, woken}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done:
+                woken.cancel()
+                return watcher.result()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            if tracked.wants_cancel():
+                return await self._cancel(tracked)
+            outcome = await self._look(tracked)  # woken by a webhook or a purge
+            if outcome is not None:
+                return outcome
+            tracked.purge_seen = False  # the purge did not touch this job
+
+    async def _watch(self, tracked: Tracked) -> Outcome:
+        """Follow the job by its mode until it is final."""
+        job, request = tracked.job, tracked.request
+        assert job is not None
+        if request.mode == "stream":
+            seq = 0
+            async for chunk in job.stream():
+                if request.reply_to:
+                    message = {"type": "chunk", "id": request.id, "seq": seq, "output": chunk}
+                    await self.ledger.push_chunk(
+                        request.id, request.reply_to, message, self._route(request).reply_ttl_s
+                    )
+                seq += 1
+            return await self._look_final(tracked)
+        try:
+            await job.output()
+        except JobExpired:
+            return self._expired(tracked)
+        except JobError as exc:
+            return Outcome.from_job({**exc.job, "id": job.job_id})
+        return await self._look_final(tracked)
+
+    async def _look_final(self, tracked: Tracked) -> Outcome:
+        outcome = await self._look(tracked)
+        while outcome is None:  # a stream can end before /status says so
+            await asyncio.sleep(0.01)
+            outcome = await self._look(tracked)
+        return outcome
+
+    async def _look(self, tracked: Tracked) -> Outcome | None:
+        """Read ``/status`` once: an outcome if the job is final, else None."""
+        job = tracked.job
+        assert job is not None
+        try:
+            status = await job.status()
+        except (JobExpired, NotFoundError):
+            return self._expired(tracked)
+        state = str(status.get("status"))
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"):
+            reason = "purged" if tracked.purge_seen and state == CANCELLED else None
+            return Outcome.from_job(status, reason=reason)
+        if state != tracked.last_state:
+            tracked.last_state = state
+            meta = {"job_id": job.job_id, "route": tracked.request.route}
+            await self._progress(tracked.request, state, meta)
+        return None
+
+    def _expired(self, tracked: Tracked) -> Outcome:
+        job_id = tracked.job.job_id if tracked.job else None
+        if tracked.purge_seen:
+            return Outcome(CANCELLED, reason="purged", message="the endpoint queue was purged",
+                           job_id=job_id)  # fmt: skip
+        return Outcome(EXPIRED, reason="result_expired",
+                       message="the endpoint no longer knows the job", job_id=job_id)  # fmt: skip
+
+    async def _cancel(self, tracked: Tracked) -> Outcome:
+        job = tracked.job
+        assert job is not None
+        try:
+            await job.cancel()
+        except (JobExpired, NotFoundError):
+            return self._expired(tracked)
+        outcome = await self._look(tracked)
+        if outcome is None:  # the endpoint has not stopped it yet: say what we asked
+            return Outcome(CANCELLED, reason="cancelled", job_id=job.job_id)
+        if outcome.status == CANCELLED and outcome.reason is None:
+            outcome.reason = "cancelled"
+        return outcome
+
+    async def _cancel_quietly(self, job: AsyncioJob) -> None:
+        try:
+            await job.cancel()
+        except RunpodError as exc:
+            log.warning("cancelling job %s after its deadline failed: %s", job.job_id, exc)
+
+    def _route(self, request: Request) -> RouteConfig:
+        return self.routes[request.route].config

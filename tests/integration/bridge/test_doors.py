@@ -1,0 +1,204 @@
+"""Both doors, all four modes, chunk order, cancel, revoke, a chain, health and purge:
+a real Redis, the emulator on a socket and a real Celery worker (subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import pytest
+from celery import signature
+from conftest import Bridge
+
+from bridge.emulator.testing import EmulatorHandle, wait_until
+from bridge.errors import JobCancelled, JobFailed, RequestRejected
+
+
+def test_json_door_poll(bridge: Bridge) -> None:
+    request_id, reply_to = bridge.producer.send("echo", {"prompt": "hi", "sleep_ms": 50})
+    result = bridge.result(reply_to)
+    assert (result["id"], result["status"]) == (request_id, "COMPLETED")
+    assert result["output"] == {"prompt": "hi", "sleep_ms": 50}
+    assert result["job_id"].endswith("-u1")
+    assert result["timings"]["execution_ms"] >= 50
+
+
+def test_json_door_stream_chunks_in_order_then_result(bridge: Bridge) -> None:
+    _, reply_to = bridge.producer.send("stream", {"n": 8, "interval_ms": 20})
+    replies = bridge.replies(reply_to)
+    chunks, result = replies[:-1], replies[-1]
+    assert [c["type"] for c in chunks] == ["chunk"] * 8
+    assert [c["seq"] for c in chunks] == list(range(8))
+    assert [c["output"] for c in chunks] == [{"i": k} for k in range(8)]
+    assert result["status"] == "COMPLETED"
+    assert result["output"] == [{"i": k} for k in range(8)]
+
+
+@pytest.mark.parametrize("mode", ["poll", "sync", "stream"])
+def test_every_mode_completes(bridge: Bridge, mode: str) -> None:
+    _, reply_to = bridge.producer.send("echo", {"m": mode}, mode=mode)
+    result = bridge.result(reply_to)
+    assert (result["status"], result["output"]) == ("COMPLETED", {"m": mode})
+
+
+def test_failed_job_reply_carries_the_endpoint_error(bridge: Bridge) -> None:
+    _, reply_to = bridge.producer.send("fail", {"message": "no GPU today"})
+    result = bridge.result(reply_to)
+    assert result["status"] == "FAILED"
+    assert "no GPU today" in result["error"]
+
+
+def test_duplicate_id_is_not_submitted_twice(bridge: Bridge, emulator: EmulatorHandle) -> None:
+    before = emulator.stats("echo")["submissions"]
+    request_id = f"dup-{uuid.uuid4()}"
+    _, reply_to = bridge.producer.send("echo", {"x": 1}, request_id=request_id)
+    bridge.producer.send("echo", {"x": 1}, request_id=request_id, reply_to=reply_to)
+    assert bridge.result(reply_to)["status"] == "COMPLETED"
+    assert bridge.replies(reply_to, timeout=1) == []  # one final reply only
+    assert emulator.stats("echo")["submissions"] == before + 1
+
+
+def test_bad_message_is_answered_dead_lettered_and_consumer_goes_on(bridge: Bridge) -> None:
+    reply_to = f"{bridge.settings.key_prefix}:bad-reply"
+    bad = {"id": "bad-1", "route": "echo", "input": "not an object", "reply_to": reply_to}
+    bridge.redis.xadd(bridge.settings.requests_stream, {"payload": json.dumps(bad)})
+    bridge.redis.xadd(bridge.settings.requests_stream, {"payload": b"\xff{"})
+    result = bridge.result(reply_to)
+    assert (result["status"], result["reason"]) == ("REJECTED", "invalid_envelope")
+    assert "input" in result["message"]
+    _, good = bridge.producer.send("echo", {"after": "bad"})
+    assert bridge.result(good)["status"] == "COMPLETED"
+    letters = bridge.redis.xrange(bridge.settings.dlq_stream)
+    reasons = [fields[b"reason"] for _, fields in letters]
+    assert reasons.count(b"invalid_envelope") >= 1
+    assert reasons.count(b"invalid_json") >= 1
+
+
+def test_unknown_route_is_rejected(bridge: Bridge) -> None:
+    _, reply_to = bridge.producer.send("nope", {})
+    result = bridge.result(reply_to)
+    assert (result["status"], result["reason"]) == ("REJECTED", "unknown_route")
+
+
+def test_celery_door_get_returns_output_and_shows_state(bridge: Bridge) -> None:
+    result = bridge.run("echo", {"sleep_ms": 600, "v": 2})
+    wait_until(lambda: result.state in ("IN_QUEUE", "IN_PROGRESS"), timeout=10)
+    assert result.info["job_id"].endswith("-u1")
+    assert result.get(timeout=30) == {"sleep_ms": 600, "v": 2}
+    assert result.state == "SUCCESS"
+
+
+def test_celery_door_failure_raises_typed_error(bridge: Bridge) -> None:
+    with pytest.raises(JobFailed) as info:
+        bridge.run("fail", {"message": "bad weights"}).get(timeout=30)
+    assert "bad weights" in str(info.value.error)
+    assert info.value.job_id is not None
+
+
+def test_celery_door_rejects_bad_arguments(bridge: Bridge) -> None:
+    with pytest.raises(RequestRejected) as info:
+        bridge.run("echo", "not an object").get(timeout=30)  # type: ignore[arg-type]
+    assert info.value.reason == "invalid_arguments"
+
+
+def test_chain_continues_with_the_output(bridge: Bridge) -> None:
+    first = signature("bridge.run", kwargs={"route": "echo", "input": {"step": 1}}, app=bridge.app)
+    then = signature("celery.accumulate", app=bridge.app)
+    result = (first | then).apply_async()
+    assert result.get(timeout=30) == [{"step": 1}]
+
+
+def test_revoke_cancels_the_gpu_job(bridge: Bridge, emulator: EmulatorHandle) -> None:
+    result = bridge.run("echo", {"sleep_ms": 60_000})
+    wait_until(lambda: result.state == "IN_PROGRESS", timeout=15)
+    job_id = result.info["job_id"]
+    result.revoke()
+    with pytest.raises(JobCancelled, match="cancel"):
+        result.get(timeout=30)
+    with emulator.client() as api:
+        assert api.get(f"/echo/status/{job_id}").json()["status"] == "CANCELLED"
+
+
+def test_cancel_before_submission_never_submits(bridge: Bridge, emulator: EmulatorHandle) -> None:
+    before = emulator.stats("echo")["submissions"]
+    request_id = f"early-{uuid.uuid4()}"
+    assert bridge.producer.cancel(request_id) == "unknown"
+    _, reply_to = bridge.producer.send("echo", {}, request_id=request_id)
+    result = bridge.result(reply_to)
+    assert (result["status"], result["reason"]) == ("CANCELLED", "cancelled")
+    assert result["job_id"] is None
+    assert emulator.stats("echo")["submissions"] == before
+
+
+def test_json_cancel_message_in_flight(bridge: Bridge) -> None:
+    request_id, reply_to = bridge.producer.send("echo", {"sleep_ms": 60_000})
+    wait_until(lambda: bridge.redis.hget(f"{bridge.settings.key_prefix}:req:{request_id}",
+                                         "state") == b"submitted")  # fmt: skip
+    cancel = {"type": "cancel", "id": request_id}
+    bridge.redis.xadd(bridge.settings.requests_stream, {"payload": json.dumps(cancel)})
+    result = bridge.result(reply_to)
+    assert (result["status"], result["reason"]) == ("CANCELLED", "cancelled")
+
+
+def test_cli_cancel_in_flight(bridge: Bridge) -> None:
+    request_id, reply_to = bridge.producer.send("echo", {"sleep_ms": 60_000})
+    wait_until(lambda: bridge.redis.hget(f"{bridge.settings.key_prefix}:req:{request_id}",
+                                         "state") == b"submitted")  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", "cancel", request_id],
+        env=bridge.env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert bridge.result(reply_to)["status"] == "CANCELLED"
+    missing = subprocess.run(
+        [sys.executable, "-m", "bridge", "cancel", f"missing-{uuid.uuid4()}"],
+        env=bridge.env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert missing.returncode == 1
+
+
+def test_health_task_stores_snapshot_and_cli_shows_it(bridge: Bridge) -> None:
+    snapshot: dict[str, Any] = bridge.app.send_task("bridge.health", args=("echo",)).get(timeout=30)
+    assert snapshot["ok"] is True
+    assert set(snapshot["health"]["jobs"]) >= {"completed", "inQueue"}
+    stored = json.loads(bridge.redis.get(f"{bridge.settings.key_prefix}:health:echo") or b"{}")
+    assert stored["at"] == snapshot["at"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "bridge", "health", "echo"],
+        env={**bridge.env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "echo" in shown.stdout
+
+
+def test_purge_task_ends_queued_requests_as_purged(bridge: Bridge) -> None:
+    sent = [bridge.producer.send("external", {"k": k}) for k in range(3)]
+    prefix = bridge.settings.key_prefix
+    for request_id, _ in sent:
+        wait_until(lambda rid=request_id: bridge.redis.hget(f"{prefix}:req:{rid}", "state")
+                   == b"submitted")  # fmt: skip
+    purged = bridge.app.send_task("bridge.purge", args=("external",)).get(timeout=30)
+    assert purged["removed"] >= 3
+    for _, reply_to in sent:
+        result = bridge.result(reply_to)
+        assert (result["status"], result["reason"]) == ("CANCELLED", "purged")
+
+
+def test_many_concurrent_jobs_do_not_hold_celery_slots(
+    bridge: Bridge, emulator: EmulatorHandle
+) -> None:
+    emulator.call(lambda: emulator.engine.update_endpoint("echo", workersMax=600))
+    try:
+        start = time.monotonic()
+        sent = [bridge.run("echo", {"sleep_ms": 2000, "k": k}) for k in range(500)]
+        outputs = [result.get(timeout=60) for result in sent]
+        elapsed = time.monotonic() - start
+    finally:
+        emulator.call(lambda: emulator.engine.update_endpoint("echo", workersMax=100))
+    assert [o["k"] for o in outputs] == list(range(500))
+    print(f"500 concurrent 2 s jobs through 4 Celery threads: {elapsed:.1f} s")
+    assert elapsed < 10
