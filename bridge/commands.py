@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -184,4 +185,37 @@ def purge(config_path: Path | None, route: str, yes: bool) -> None:
     click.echo(f"purged {result.get('removed', 0)} queued job(s) of {config.endpoint_id}")
 
 
-COMMANDS = [worker, beat, submit, cancel, health, purge]
+@click.command()
+@config_option
+@click.option("--host", default=None, help="Address [default: BRIDGE_WEBHOOK_HOST, 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [default: BRIDGE_WEBHOOK_PORT, 8081].")
+def webhooks(config_path: Path | None, host: str | None, port: int | None) -> None:
+    """Run the webhook receiver (mode 'webhook'): it wakes trackers, nothing more."""
+    import asyncio
+
+    from aiohttp import web
+    from redis.asyncio import Redis
+
+    from bridge.ingress.webhooks import create_receiver
+
+    settings = load_settings(config_path)
+    host = host or settings.webhook_host
+    port = port if port is not None else settings.webhook_port
+
+    async def serve() -> None:
+        redis = Redis.from_url(settings.redis_url)
+        runner = web.AppRunner(create_receiver(redis, settings.key_prefix), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        click.echo(f"webhook receiver listening on http://{host}:{port}/webhook/")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+            await redis.aclose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+COMMANDS = [worker, beat, submit, cancel, health, purge, webhooks]

@@ -44,6 +44,7 @@ class Request:
     deadline_s: float | None = None
     continuation: Continuation | None = None
     accepted_at: float = field(default_factory=time.time)
+    webhook_token: str | None = None
 
     @staticmethod
     def new_id() -> str:

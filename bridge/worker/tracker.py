@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -149,6 +150,14 @@ class Tracker:
                 "unknown_route",
                 request.id,
             )
+        if request.mode == "webhook":
+            if not self.webhook_url:
+                raise RequestRejected(
+                    "mode 'webhook' needs the webhook receiver: set BRIDGE_WEBHOOK_URL",
+                    "webhook_unavailable",
+                    request.id,
+                )
+            request.webhook_token = request.webhook_token or secrets.token_urlsafe(24)
         task_id = request.continuation.task_id if request.continuation else None
         claim = await self.ledger.claim(
             request.id, request.route, request.to_record(), self.owner, task_id
@@ -278,7 +287,8 @@ class Tracker:
     async def _submit(self, request: Request, endpoint: AsyncioEndpoint) -> AsyncioJob:
         body = request.body()
         if request.mode == "webhook" and self.webhook_url:
-            body["webhook"] = f"{self.webhook_url.rstrip('/')}/webhook/{request.id}"
+            base = self.webhook_url.rstrip("/")
+            body["webhook"] = f"{base}/webhook/{request.id}?token={request.webhook_token}"
         if request.mode == "sync":
             return await endpoint.run_held(body)
         return await endpoint.run(body)

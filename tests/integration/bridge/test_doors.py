@@ -78,6 +78,13 @@ def test_bad_message_is_answered_dead_lettered_and_consumer_goes_on(bridge: Brid
     assert reasons.count(b"invalid_json") >= 1
 
 
+def test_webhook_mode_without_a_receiver_is_rejected(bridge: Bridge) -> None:
+    _, reply_to = bridge.producer.send("echo", {}, mode="webhook")
+    result = bridge.result(reply_to)
+    assert (result["status"], result["reason"]) == ("REJECTED", "webhook_unavailable")
+    assert "BRIDGE_WEBHOOK_URL" in result["message"]
+
+
 def test_unknown_route_is_rejected(bridge: Bridge) -> None:
     _, reply_to = bridge.producer.send("nope", {})
     result = bridge.result(reply_to)

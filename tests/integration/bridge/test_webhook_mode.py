@@ -1,0 +1,124 @@
+"""Mode ``webhook``: the endpoint's call wakes the tracker; a forged call changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from conftest import start_worker, wait_ready
+
+from bridge.emulator.testing import EmulatorHandle, wait_until
+from bridge.producer import JsonDoorClient
+from bridge.settings import BridgeSettings
+from bridge.worker.app import create_app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class WebhookBridge:
+    def __init__(self, settings: BridgeSettings, producer: JsonDoorClient, receiver: str):
+        self.settings = settings
+        self.producer = producer
+        self.receiver = receiver
+
+    def state(self, request_id: str) -> dict[bytes, bytes]:
+        return self.producer.redis.hgetall(f"{self.settings.key_prefix}:req:{request_id}")
+
+
+@pytest.fixture(scope="module")
+def hooked(
+    emulator: EmulatorHandle, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebhookBridge]:
+    tag = uuid.uuid4().hex[:8]
+    port = free_port()
+    receiver = f"http://127.0.0.1:{port}"
+    overrides = {
+        "redis_url": redis_url,
+        "emulator_url": emulator.url,
+        "key_prefix": f"wh-{tag}",
+        "requests_stream": f"wh-{tag}:requests",
+        "dlq_stream": f"wh-{tag}:dlq",
+        "default_queue": f"wh-{tag}",
+        "webhook_url": receiver,
+        "webhook_port": str(port),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "RUNPOD_"))}
+    env.update({f"BRIDGE_{k.upper()}": v for k, v in overrides.items()})
+    routes = BridgeSettings.load(**overrides).routes
+    for route in routes.values():
+        route.queue = f"wh-{tag}"
+        route.webhook_safety_poll_s = 60.0  # so only the webhook can end a job quickly
+    env["BRIDGE_ROUTES"] = json.dumps({n: r.model_dump(mode="json") for n, r in routes.items()})
+    settings = BridgeSettings.load(**overrides, routes=routes)
+    log = Path(tmp_path_factory.mktemp("webhook")) / "worker.log"
+    procs = [start_worker(env, log)]
+    with log.open("ab") as out:
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "bridge", "webhooks"], env=env,
+                             stdout=out, stderr=subprocess.STDOUT)
+        )  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    try:
+        wait_ready(create_app(settings), procs[0], log)
+        wait_until(lambda: _answers(f"{receiver}/healthz"), timeout=20)
+        yield WebhookBridge(settings, JsonDoorClient(settings, client), receiver)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=20)
+        for key in client.scan_iter(f"wh-{tag}*"):
+            client.delete(key)
+        client.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_webhook_wakes_the_tracker_long_before_the_safety_poll(hooked: WebhookBridge) -> None:
+    start = time.monotonic()
+    _, reply_to = hooked.producer.send("echo", {"sleep_ms": 300, "v": 1}, mode="webhook")
+    results = list(hooked.producer.replies(reply_to, timeout=30))
+    assert results
+    assert (results[-1]["status"], results[-1]["output"]) == (
+        "COMPLETED",
+        {"sleep_ms": 300, "v": 1},
+    )
+    assert time.monotonic() - start < 20  # the safety poll would take 60 s
+
+
+def test_forged_webhooks_cannot_inject_output_or_end_early(hooked: WebhookBridge) -> None:
+    request_id, reply_to = hooked.producer.send("echo", {"sleep_ms": 2000, "real": True},
+                                                mode="webhook")  # fmt: skip
+    wait_until(lambda: hooked.state(request_id).get(b"state") == b"submitted", timeout=20)
+    token = json.loads(hooked.state(request_id)[b"request"])["webhook_token"]
+    forged = {"id": "x", "status": "COMPLETED", "output": {"injected": True}}
+    url = f"{hooked.receiver}/webhook/{request_id}"
+    assert httpx.post(url, json=forged).status_code == 404  # no token
+    assert httpx.post(url, params={"token": "guess"}, json=forged).status_code == 404
+    assert (
+        httpx.post(f"{hooked.receiver}/webhook/other", params={"token": token}).status_code == 404
+    )
+    # Even with the right token (say it leaked), the body is only a hint.
+    assert httpx.post(url, params={"token": token}, json=forged).status_code == 200
+    assert hooked.producer.redis.llen(reply_to) == 0  # not ended early
+    result = list(hooked.producer.replies(reply_to, timeout=30))[-1]
+    assert (result["status"], result["output"]) == ("COMPLETED", {"sleep_ms": 2000, "real": True})
