@@ -119,6 +119,16 @@ class BridgeSettings(BaseSettings):
     webhook_host: str = "127.0.0.1"
     webhook_port: int = Field(8081, ge=0, le=65535)
     submit_timeout_s: float = Field(30.0, gt=0)
+    visibility_timeout_s: int = Field(
+        300, gt=0, description="Redis broker: an unacknowledged task is redelivered after this"
+    )
+    lease_ttl_s: float = Field(
+        15.0, gt=0, description="a silent worker's requests are adopted after this"
+    )
+    recovery_interval_s: float = Field(2.0, gt=0, description="how often orphans are looked for")
+    stale_entry_s: float = Field(
+        30.0, gt=0, description="JSON-door entries unacked this long are re-read"
+    )
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
 
     @property

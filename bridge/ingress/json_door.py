@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -114,6 +115,7 @@ class JsonDoor:
         """Read and dispatch until cancelled; Redis outages are waited out."""
         await self.ensure_group()
         pending_first = True  # entries this consumer read before a restart come first
+        next_claim = time.monotonic()
         while True:
             # The backlog is a counter in the tracker, with no event to wait on.
             while self._backlog() >= self.max_backlog:  # noqa: ASYNC110
@@ -139,6 +141,27 @@ class JsonDoor:
                 continue
             for entry_id, fields in entries:
                 await self.handle(entry_id, fields)
+            if time.monotonic() >= next_claim:
+                next_claim = time.monotonic() + self.settings.stale_entry_s / 2
+                await self._claim_stale()
+
+    async def _claim_stale(self) -> None:
+        """Entries another consumer read but never acknowledged (it died between reading
+        and recording them) are taken over and handled here; the ledger's claim makes a
+        second handling of one that was recorded harmless."""
+        idle_ms = int(self.settings.stale_entry_s * 1000)
+        try:
+            reply = await self.redis.xautoclaim(
+                self.stream, self.group, self.consumer, idle_ms, "0-0", count=self.batch
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("claiming stale entries failed: %s", exc)
+            return
+        for entry_id, fields in reply[1] if len(reply) > 1 else []:
+            if fields:  # an entry deleted from the stream comes back empty
+                await self.handle(entry_id, fields)
+            else:
+                await self.redis.xack(self.stream, self.group, entry_id)
 
     async def handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         """Dispatch one entry, then acknowledge it. Never raises for a bad entry."""

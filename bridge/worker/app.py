@@ -74,6 +74,9 @@ def create_app(settings: BridgeSettings | None = None) -> Celery:
         task_send_sent_event=True,
         result_expires=timedelta(days=1),
         broker_connection_retry_on_startup=True,
+        # Our tasks only hand over (seconds at most), so a task still unacknowledged
+        # after this was lost with its worker: redeliver it (the ledger makes that safe).
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         beat_schedule=beat_schedule(settings),
         bridge_settings=settings,
     )

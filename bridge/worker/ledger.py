@@ -88,6 +88,39 @@ redis.call('EXPIRE', ARGV[1], ARGV[3])
 return 1
 """
 
+_ORPHANS = """
+-- Requests whose owner's lease is gone become ours (at most ARGV[3] per call). Keys are
+-- built here from the prefix: the ledger runs on one Redis, not a cluster.
+local prefix, me, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local found = {}
+for i = 4, #ARGV do
+  local set = prefix .. ':inflight:' .. ARGV[i]
+  for _, id in ipairs(redis.call('SMEMBERS', set)) do
+    local key = prefix .. ':req:' .. id
+    local state = redis.call('HGET', key, 'state')
+    local owner = redis.call('HGET', key, 'owner')
+    if (not state) or state == 'final' then
+      redis.call('SREM', set, id)
+    elseif owner ~= me and redis.call('EXISTS', prefix .. ':owner:' .. (owner or '')) == 0 then
+      redis.call('HSET', key, 'owner', me)
+      table.insert(found, id)
+      if #found >= limit then
+        return found
+      end
+    end
+  end
+end
+return found
+"""
+
+_REOPEN = """
+if redis.call('HGET', KEYS[1], 'state') == 'submitting' then
+  redis.call('HSET', KEYS[1], 'state', 'accepted')
+  return 1
+end
+return 0
+"""
+
 CANCEL_SCRIPT = """
 local key = KEYS[1]
 local alias = redis.call('GET', KEYS[2])
@@ -136,6 +169,8 @@ class Ledger:
         self._finalize = redis.register_script(_FINALIZE)
         self._chunk = redis.register_script(_CHUNK)
         self._cancel = redis.register_script(CANCEL_SCRIPT)
+        self._orphans = redis.register_script(_ORPHANS)
+        self._reopen = redis.register_script(_REOPEN)
 
     def key(self, request_id: str) -> str:
         return f"{self.prefix}:req:{request_id}"
@@ -241,6 +276,28 @@ class Ledger:
     async def inflight(self, route: str) -> set[str]:
         members = await self.redis.smembers(self.inflight_key(route))
         return {_text(m) for m in members}
+
+    # -- leases: who follows which request ----------------------------------------------
+
+    async def renew_lease(self, owner: str, ttl_s: float) -> None:
+        """Say this process is alive for ``ttl_s`` more seconds."""
+        await self.redis.set(f"{self.prefix}:owner:{owner}", "1", px=int(ttl_s * 1000))
+
+    async def drop_lease(self, owner: str) -> None:
+        """Give up our requests now (graceful stop): others take them over at once."""
+        await self.redis.delete(f"{self.prefix}:owner:{owner}")
+
+    async def adopt_orphans(self, owner: str, routes: list[str], limit: int) -> list[str]:
+        """Take over (atomically) requests whose owner's lease expired; returns their ids."""
+        found = await self._orphans(args=[self.prefix, owner, limit, *routes])
+        return [_text(i) for i in found]
+
+    async def reopen(self, request_id: str) -> bool:
+        """Ambiguous submit resumed under ``at_least_once``: allow one more submit."""
+        return bool(await self._reopen(keys=[self.key(request_id)]))
+
+    async def count(self, name: str) -> None:
+        await self.redis.incr(f"{self.prefix}:stats:{name}")
 
     async def wake(self, request_id: str) -> None:
         await self.redis.publish(self.wake_channel, request_id)

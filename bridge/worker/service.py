@@ -29,6 +29,9 @@ from bridge.worker.tracker import Tracker
 
 log = logging.getLogger("bridge.service")
 
+DEAD_LETTER_REASONS = frozenset({"ambiguous", "submit_failed"})
+"""Endings that need a person: they are also written to the dead-letter stream."""
+
 
 class BridgeService:
     """Everything one worker process runs on its loop.
@@ -77,7 +80,9 @@ class BridgeService:
         )
         self.pubsub = self.redis.pubsub()
         await self.pubsub.subscribe(self.ledger.cancel_channel, self.ledger.wake_channel)
+        await self.ledger.renew_lease(self.owner, settings.lease_ttl_s)
         self._tasks.append(asyncio.create_task(self._listen(), name="bridge-listener"))
+        self._tasks.append(asyncio.create_task(self._keep_lease(), name="bridge-lease"))
         if self.serve_json_door:
             self.json_door = JsonDoor(
                 self.redis,
@@ -96,6 +101,8 @@ class BridgeService:
             with contextlib.suppress(asyncio.CancelledError, RedisError):
                 await task
         await self.tracker.close()
+        with contextlib.suppress(RedisError, OSError):
+            await self.ledger.drop_lease(self.owner)  # others adopt our requests at once
         await self.pubsub.aclose()  # type: ignore[no-untyped-call]
         await self.session.close()
         await self.redis.aclose()
@@ -120,6 +127,13 @@ class BridgeService:
         if not won:
             log.info("request %s was already finished elsewhere", request.id)
             return
+        if outcome.reason in DEAD_LETTER_REASONS:
+            await self.dead_letter(
+                reason=outcome.reason or "",
+                message=outcome.message or "",
+                request_id=request.id,
+                payload=json.dumps(request.to_record(), default=str),
+            )
         log.info(
             "request %s %s (job %s, route %s)", request.id, outcome.status, outcome.job_id,
             request.route,
@@ -127,6 +141,29 @@ class BridgeService:
         if self.results is not None and request.continuation is not None:
             endpoint_id = route.endpoint_id if route else ""
             await self.results.finish(request.continuation, outcome, request.id, endpoint_id)
+
+    async def recover(self, limit: int = 1000) -> int:
+        """Adopt requests whose worker's lease expired and follow them here."""
+        routes = list(self.settings.routes)
+        adopted = await self.ledger.adopt_orphans(self.owner, routes, limit)
+        resumed = 0
+        for request_id in adopted:
+            resumed += await self.tracker.resume(request_id)
+        if adopted:
+            log.info("adopted %d request(s) of stopped workers", len(adopted))
+        return resumed
+
+    async def _keep_lease(self) -> None:
+        """Renew our lease and adopt orphans, forever; Redis outages are waited out."""
+        settings = self.settings
+        every = min(settings.lease_ttl_s / 3, settings.recovery_interval_s)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.ledger.renew_lease(self.owner, settings.lease_ttl_s)
+                await self.recover()
+            except (RedisError, OSError) as exc:
+                log.warning("lease renewal / recovery failed (%s); retrying", exc)
 
     async def progress(self, request: Request, state: str, meta: dict[str, Any]) -> None:
         if self.results is not None and request.continuation is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -49,6 +50,10 @@ log = logging.getLogger("bridge.tracker")
 
 Finisher = Callable[[Request, Outcome], Awaitable[None]]
 Progress = Callable[[Request, str, dict[str, Any]], Awaitable[None]]
+
+
+class _NotOurs(Exception):
+    """The ledger says another process submits (or submitted) this request."""
 
 
 @dataclass
@@ -210,7 +215,33 @@ class Tracker:
 
     # -- one request -------------------------------------------------------------------
 
-    async def _run(self, tracked: Tracked) -> None:
+    async def resume(self, request_id: str) -> bool:
+        """Follow a request recorded in the ledger that no live process follows (taken
+        over from a dead worker, or after an error here). Returns False if there is
+        nothing to do."""
+        if request_id in self.active:
+            return False
+        record = await self.ledger.get(request_id)
+        state = record.get("state")
+        if state not in ("accepted", "submitting", "submitted") or "request" not in record:
+            return False
+        request = Request.from_record(json.loads(record["request"]))
+        if request.route not in self.routes:
+            log.warning("request %s names route %s, unknown here", request_id, request.route)
+            return False
+        tracked = Tracked(request, cancel_asked=record.get("cancel") == "1")
+        self.active[request.id] = tracked
+        self.idle.clear()
+        job_id = record.get("job_id")
+        tracked.task = asyncio.create_task(
+            self._run(tracked, resume=state, job_id=job_id), name=f"request-{request.id}"
+        )
+        log.info("resuming request %s (%s, job %s)", request_id, state, job_id)
+        return True
+
+    async def _run(
+        self, tracked: Tracked, *, resume: str | None = None, job_id: str | None = None
+    ) -> None:
         request = tracked.request
         route = self.routes[request.route]
         try:
@@ -221,40 +252,66 @@ class Tracker:
                 route.waiting -= 1
             route.in_flight += 1
             try:
-                outcome = await self._follow(tracked, route)
+                await self._run_with_retries(tracked, route, resume, job_id)
             finally:
                 route.in_flight -= 1
                 route.slots.release()
-            if outcome is not None:
-                await self._finish(request, outcome)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The request stays in the ledger (not final): recovery can resume it.
-            log.exception("request %s stopped unexpectedly", request.id)
         finally:
             self.active.pop(request.id, None)
             if not self.active:
                 self.idle.set()
 
-    async def _follow(self, tracked: Tracked, route: RouteRuntime) -> Outcome | None:
+    async def _run_with_retries(
+        self, tracked: Tracked, route: RouteRuntime, resume: str | None, job_id: str | None
+    ) -> None:
+        """Follow and finish; after an unexpected error (Redis away, a bug), wait and
+        resume from what the ledger recorded, so an accepted request is never dropped."""
         request = tracked.request
-        state, cancel = await self.ledger.mark_submitting(request.id, self.owner)
-        if state != "ok":
-            log.info("request %s is %s elsewhere; not submitting", request.id, state)
-            return None
-        if cancel or tracked.cancel_asked:
-            return Outcome(CANCELLED, reason="cancelled", message="cancelled before submission")
-        deadline = request.accepted_at + request.deadline_s if request.deadline_s else None
+        failures = 0
+        while True:
+            try:
+                outcome = await self._follow(tracked, route, resume, job_id)
+                if outcome is not None:
+                    await self._finish(request, outcome)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                pause = min(30.0, 0.25 * 2**failures)
+                log.warning("request %s: %s: %s; resuming in %.1f s", request.id,
+                            type(exc).__name__, exc, pause)  # fmt: skip
+                await asyncio.sleep(pause)
+                try:
+                    record = await self.ledger.get(request.id)
+                except Exception:  # still unreachable: try again after the next pause
+                    log.debug("ledger still unreachable for %s", request.id, exc_info=True)
+                    continue
+                resume, job_id = record.get("state"), record.get("job_id")
+                if resume not in ("accepted", "submitting", "submitted"):
+                    return  # final (finished elsewhere) or gone
+
+    async def _follow(
+        self,
+        tracked: Tracked,
+        route: RouteRuntime,
+        resume: str | None = None,
+        job_id: str | None = None,
+    ) -> Outcome | None:
+        request = tracked.request
         endpoint = route.endpoint_for(request.mode)
-        try:
-            tracked.job = await self._submit(request, endpoint)
-        except RunpodError as exc:
-            return Outcome(FAILED, reason="submit_failed", message=str(exc))
+        if resume == "submitted" and job_id:
+            tracked.job = endpoint.job(job_id)
+        else:
+            try:
+                outcome = await self._submit_once(tracked, endpoint, resume)
+            except _NotOurs:
+                return None
+            if outcome is not None:
+                return outcome
         job = tracked.job
-        state, cancel = await self.ledger.mark_submitted(request.id, job.job_id)
-        await self._progress(request, "IN_QUEUE", {"job_id": job.job_id, "route": request.route})
-        tracked.cancel_asked = tracked.cancel_asked or cancel
+        assert job is not None
+        deadline = request.accepted_at + request.deadline_s if request.deadline_s else None
         observer = None
         if request.continuation is not None:  # its Celery state is visible: keep it true
             observer = asyncio.create_task(self._observe_start(tracked))
@@ -273,6 +330,39 @@ class Tracker:
         finally:
             if observer is not None:
                 observer.cancel()
+
+    async def _submit_once(
+        self, tracked: Tracked, endpoint: AsyncioEndpoint, resume: str | None
+    ) -> Outcome | None:
+        """Send the job unless the ledger says it was (maybe) sent; None once submitted."""
+        request = tracked.request
+        if resume == "submitting":  # we died between sending /run and recording its id
+            if self._route(request).delivery == "at_most_once":
+                await self.ledger.count("ambiguous_dead_lettered")
+                return Outcome(
+                    FAILED,
+                    reason="ambiguous",
+                    message="the worker stopped after sending the job and before recording "
+                    "its id; the route is at_most_once, so it is not sent again",
+                )
+            await self.ledger.reopen(request.id)
+            await self.ledger.count("ambiguous_resubmits")
+            log.warning("request %s: ambiguous submit, sending again (at_least_once)", request.id)
+        state, cancel = await self.ledger.mark_submitting(request.id, self.owner)
+        if state != "ok":
+            log.info("request %s is %s elsewhere; not submitting", request.id, state)
+            raise _NotOurs(state)
+        if cancel or tracked.wants_cancel():
+            return Outcome(CANCELLED, reason="cancelled", message="cancelled before submission")
+        try:
+            tracked.job = await self._submit(request, endpoint)
+        except RunpodError as exc:
+            return Outcome(FAILED, reason="submit_failed", message=str(exc))
+        job = tracked.job
+        _, cancel = await self.ledger.mark_submitted(request.id, job.job_id)
+        await self._progress(request, "IN_QUEUE", {"job_id": job.job_id, "route": request.route})
+        tracked.cancel_asked = tracked.cancel_asked or cancel
+        return None
 
     async def _observe_start(self, tracked: Tracked) -> None:
         """Notice when a queued job starts running (a held wait only reports its end):
