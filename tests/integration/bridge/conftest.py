@@ -1,18 +1,22 @@
 """Fixtures for the bridge's integration tests: a real Redis, the emulator on a socket,
 and a real Celery worker in a subprocess (``python -m bridge worker``).
 
-Each module gets its own Redis database keys prefix, request stream and Celery queue,
-so modules never see each other's messages.
+Every bridge a test builds gets its own Redis key prefix, request stream, Celery queue
+and worker node name, so modules (and concurrent runs) never see each other's messages.
+``make_bridge(**overrides)`` builds one with settings overrides (``broker_url=…``) and
+per-route changes (``routes={"echo": {"max_in_flight": 2}}``); ``bridge`` is the default.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from celery import Celery
 
 from bridge.emulator.testing import EmulatorHandle
 from bridge.producer import JsonDoorClient
-from bridge.settings import BridgeSettings
+from bridge.settings import BridgeSettings, RouteConfig
 from bridge.worker.app import create_app
 
 
@@ -38,6 +42,8 @@ class Bridge:
     redis: redis.Redis
     log: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    tag: str = ""
+    node: str = ""
 
     def run(self, route: str, job_input: dict[str, Any], **kwargs: Any) -> Any:
         """``bridge.run`` through the Celery door; returns the AsyncResult."""
@@ -54,75 +60,166 @@ class Bridge:
         assert replies[-1]["type"] == "result"
         return replies[-1]
 
+    @property
+    def queues(self) -> set[str]:
+        """The Celery queues this bridge's worker consumes."""
+        return {self.settings.default_queue, *(r.queue for r in self.settings.routes.values())}
 
-def start_worker(env: dict[str, str], log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    def stop(self) -> None:
+        """Stop every process started for this bridge (idempotent)."""
+        stop_processes(self.procs)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 20) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=timeout)
+
+
+def start_worker(
+    env: dict[str, str], log: Path, *extra: str, celery_args: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """``bridge worker`` with ``extra`` options; ``celery_args`` go on to Celery."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "bridge", "worker", "--concurrency", "4", *extra,
-             "--", "--without-mingle", "--without-gossip"],
+             "--", "--without-mingle", "--without-gossip", *celery_args],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
 
-def wait_ready(app: Celery, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+def wait_ready(
+    app: Celery,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 30,
+    node: str | None = None,
+) -> None:
+    """Wait until the worker answers a ping (only ``node`` counts when given: other
+    workers on the same broker answer broadcasts too)."""
     deadline = time.monotonic() + timeout
+    destination = [node] if node else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(
                 f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
             )
-        if app.control.ping(timeout=0.5):
+        if app.control.ping(destination=destination, timeout=0.5):
             return
     raise AssertionError(f"worker not ready in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+def routes_toml(routes: dict[str, RouteConfig]) -> str:
+    """A routes file holding ``routes`` (``[routes.NAME]`` tables; None values left out)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
+        return json.dumps(str(v))
+
+    lines = []
+    for name, route in routes.items():
+        lines.append(f"[routes.{json.dumps(name)}]")
+        lines += [f"{k} = {value(v)}" for k, v in route.model_dump().items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)
+
+
+MakeBridge = Callable[..., Bridge]
+
+
 @pytest.fixture(scope="module")
-def bridge(
+def make_bridge(
     emulator: EmulatorHandle, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Bridge]:
-    tag = uuid.uuid4().hex[:8]
-    overrides = {
-        "redis_url": redis_url,
-        "emulator_url": emulator.url,
-        "key_prefix": f"bt-{tag}",
-        "requests_stream": f"bt-{tag}:requests",
-        "dlq_stream": f"bt-{tag}:dlq",
-        "default_queue": f"bt-{tag}",
-    }
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "RUNPOD_"))}
-    env.update({f"BRIDGE_{k.upper()}": v for k, v in overrides.items()})
-    settings = BridgeSettings.load(**overrides)
-    settings.routes["external"] = settings.routes["echo"].model_copy(
-        update={"endpoint_id": "external"}
-    )
-    for route in settings.routes.values():
-        route.queue = f"bt-{tag}"
-        route.long_poll_below = 1000  # hold status requests for all 500 jobs of the load test
-    env["BRIDGE_ROUTES"] = (
-        "{"
-        + ",".join(
-            f'"{name}": {route.model_dump_json()}' for name, route in settings.routes.items()
-        )
-        + "}"
-    )
-    settings = BridgeSettings.load(**overrides, routes=settings.routes)
-    assert settings.routes["external"].queue == f"bt-{tag}"
-    app = create_app(settings)
+) -> Iterator[MakeBridge]:
+    """Build and start bridges; every one is stopped and its Redis keys removed when the
+    module ends.
+
+    ``make_bridge(routes=..., config_file=False, start=True, **overrides)``:
+    ``overrides`` are settings fields (they reach the worker as ``BRIDGE_*`` variables);
+    ``routes`` maps a route name to field changes (a new name starts from ``echo``);
+    ``config_file`` hands the routes over as a TOML file (``BRIDGE_CONFIG``) instead of
+    ``BRIDGE_ROUTES``; ``start=False`` builds everything but starts no worker.
+    """
+    made: list[Bridge] = []
     client = redis.Redis.from_url(redis_url)
-    log = tmp_path_factory.mktemp("bridge") / "worker.log"
-    proc = start_worker(env, log)
-    handle = Bridge(settings, env, app, JsonDoorClient(settings, client), client, log, [proc])
+
+    def make(
+        *,
+        routes: dict[str, dict[str, Any]] | None = None,
+        config_file: bool = False,
+        start: bool = True,
+        **overrides: Any,
+    ) -> Bridge:
+        tag = uuid.uuid4().hex[:8]
+        settings_overrides = {
+            "redis_url": redis_url,
+            "emulator_url": emulator.url,
+            "key_prefix": f"bt-{tag}",
+            "requests_stream": f"bt-{tag}:requests",
+            "dlq_stream": f"bt-{tag}:dlq",
+            "default_queue": f"bt-{tag}",
+            **overrides,
+        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "RUNPOD_"))}
+        env.update({f"BRIDGE_{k.upper()}": str(v) for k, v in settings_overrides.items()})
+        base = BridgeSettings.load(**settings_overrides).routes
+        base["external"] = base["echo"].model_copy(update={"endpoint_id": "external"})
+        changes: dict[str, dict[str, Any]] = {name: {} for name in base} | (routes or {})
+        built: dict[str, RouteConfig] = {}
+        for name, change in changes.items():
+            start_from = base.get(name, base["echo"]).model_dump()
+            # hold status requests for all 500 jobs of the load test
+            defaults = {"queue": settings_overrides["default_queue"], "long_poll_below": 1000}
+            built[name] = RouteConfig.model_validate({**start_from, **defaults, **change})
+        workdir = tmp_path_factory.mktemp("bridge")
+        if config_file:
+            path = workdir / "bridge.toml"
+            path.write_text(routes_toml(built), encoding="utf-8")
+            env["BRIDGE_CONFIG"] = str(path)
+            settings = BridgeSettings.load(path, **settings_overrides)
+        else:
+            env["BRIDGE_ROUTES"] = json.dumps(
+                {name: route.model_dump(mode="json") for name, route in built.items()}
+            )
+            settings = BridgeSettings.load(**settings_overrides, routes=built)
+        assert settings.routes == built
+        app = create_app(settings)
+        log = workdir / "worker.log"
+        node = f"bt-{tag}@{socket.gethostname()}"
+        handle = Bridge(
+            settings, env, app, JsonDoorClient(settings, client), client, log, [], tag, node
+        )
+        made.append(handle)
+        if start:
+            proc = start_worker(env, log, celery_args=("-n", node))
+            handle.procs.append(proc)
+            wait_ready(app, proc, log, node=node)
+        return handle
+
     try:
-        wait_ready(app, proc, log)
-        yield handle
+        yield make
     finally:
-        for p in handle.procs:
-            p.terminate()
-        for p in handle.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for key in client.scan_iter(f"bt-{tag}*"):
-            client.delete(key)
+        for handle in made:
+            handle.stop()
+        for handle in made:
+            for key in client.scan_iter(f"bt-{handle.tag}*"):
+                client.delete(key)
+            handle.app.close()
         client.close()
+
+
+@pytest.fixture(scope="module")
+def bridge(make_bridge: MakeBridge) -> Bridge:
+    """A bridge worker on the built-in routes (plus ``external``), one per module."""
+    return make_bridge()
