@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Redis and the emulator on a real socket.
+"""Shared fixtures: a real Redis, a real RabbitMQ and the emulator on a real socket.
 
 Services a test needs are found or started here. When ``CI`` is set, a missing service
 fails the test run instead of skipping it.
@@ -87,6 +87,28 @@ def redis_url() -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def _amqp_answers(url: str) -> bool:
+    from amqp.exceptions import AMQPError
+    from kombu import Connection
+    from kombu.exceptions import OperationalError
+
+    try:
+        with Connection(url, connect_timeout=2) as conn:
+            conn.connect()
+        return True
+    except (OSError, OperationalError, AMQPError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """URL of a real RabbitMQ: BRIDGE_TEST_AMQP_URL, default guest@127.0.0.1:5672."""
+    url = os.environ.get("BRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    if not _amqp_answers(url):
+        unavailable(f"no RabbitMQ answers at {urlparse(url).hostname}:{urlparse(url).port}")
+    return url
 
 
 @pytest.fixture(scope="session")

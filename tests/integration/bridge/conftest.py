@@ -65,6 +65,12 @@ class Bridge:
         """The Celery queues this bridge's worker consumes."""
         return {self.settings.default_queue, *(r.queue for r in self.settings.routes.values())}
 
+    def start(self) -> None:
+        """Start the worker subprocess and wait until it answers."""
+        proc = start_worker(self.env, self.log, celery_args=("-n", self.node))
+        self.procs.append(proc)
+        wait_ready(self.app, proc, self.log, node=self.node)
+
     def stop(self) -> None:
         """Stop every process started for this bridge (idempotent)."""
         stop_processes(self.procs)
@@ -202,9 +208,7 @@ def make_bridge(
         )
         made.append(handle)
         if start:
-            proc = start_worker(env, log, celery_args=("-n", node))
-            handle.procs.append(proc)
-            wait_ready(app, proc, log, node=node)
+            handle.start()
         return handle
 
     try:
