@@ -96,12 +96,14 @@ def parse_payload(
     """Turn a JSON-door payload into an envelope, a cancel, or a rejection. Never raises."""
     if raw is None:
         return Rejection("invalid_message", "the stream entry has no 'payload' field")
-    size = len(raw.encode() if isinstance(raw, str) else raw)
+    # surrogatepass: a str may hold lone surrogates (JSON allows them escaped)
+    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
     if size > max_bytes:
         return Rejection("payload_too_large", f"payload is {size} bytes; the limit is {max_bytes}")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError also covers numbers over Python's int digit limit (not a JSONDecodeError)
+    except (ValueError, RecursionError) as exc:
         return Rejection("invalid_json", f"payload is not valid JSON: {exc}")
     if not isinstance(data, dict):
         return Rejection("invalid_envelope", "payload must be a JSON object (the envelope)")
