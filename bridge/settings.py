@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from bridge.errors import ConfigError
 
@@ -51,7 +51,9 @@ class RouteConfig(BaseModel):
     max_in_flight: int = Field(1000, ge=1, description="jobs in flight before holding back")
     budgets: dict[str, int] = Field(default_factory=lambda: dict(RUNPOD_BUDGETS))
     budget_window_s: float = Field(10.0, gt=0)
-    health_interval_s: float | None = Field(30.0, gt=0, description="None: no health checks")
+    health_interval_s: float | None = Field(
+        30.0, ge=0, description="0 (a TOML file has no None) or None: no health checks"
+    )
     purge_every_s: float | None = Field(None, gt=0, description="purge the queue this often")
     purge_crontab: str | None = Field(None, description="or on this crontab (5 fields)")
     result_ttl_s: int = Field(86_400, ge=1, description="how long final results are kept")
@@ -156,6 +158,8 @@ class BridgeSettings(BaseSettings):
             raise ConfigError(
                 f"invalid bridge settings in the environment:\n{_describe(exc)}"
             ) from None
+        except SettingsError as exc:  # e.g. BRIDGE_ROUTES is not JSON
+            raise ConfigError(f"invalid bridge settings in the environment: {exc}") from None
         env_values = {k: getattr(from_env, k) for k in from_env.model_fields_set}
         path = Path(path) if path is not None else overrides.get("config") or from_env.config
         file_values: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
@@ -170,11 +174,13 @@ class BridgeSettings(BaseSettings):
             raise ConfigError(f"invalid bridge settings {where}:\n{_describe(exc)}") from None
         if routes is not None:
             try:
-                settings.routes = {name: _route(name, raw) for name, raw in _tables(routes)}
+                file_routes = {name: _route(name, raw) for name, raw in _tables(routes)}
             except _RouteError as exc:
                 raise ConfigError(f"invalid route {where}:\n{exc}") from None
-            if not settings.routes:
+            if not file_routes:
                 raise ConfigError(f"{path} defines no routes: add a [routes.NAME] table")
+            if "routes" not in env_values and "routes" not in overrides:  # those come later
+                settings.routes = file_routes
         elif not settings.routes:
             settings.routes = default_routes(settings.emulator_url)
         return settings

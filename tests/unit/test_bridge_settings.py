@@ -1,0 +1,329 @@
+"""The bridge's settings: the routes file, the environment, API keys, and clear errors.
+
+(Named ``test_bridge_settings`` because ``tests/unit/emulator/test_settings.py`` exists and
+the test directories are not packages.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import ConfigError
+from bridge.settings import DEV_API_KEY, RUNPOD_BUDGETS, BridgeSettings, RouteConfig
+
+SECRET = "rp_SECRET_4f9a1c77e0b2"
+
+TWO_ROUTES = """
+requests_stream = "from-file:requests"
+key_prefix = "filed"
+
+[routes.sdxl]
+endpoint_id = "abc123"
+api_key_env = "SDXL_KEY"
+mode = "sync"
+queue = "gpu"
+max_in_flight = 7
+policy = { executionTimeout = 60000 }
+purge_crontab = "0 4 * * *"
+
+[routes.llm]
+endpoint_id = "llm-1"
+base_url = "http://127.0.0.1:9000/v2"
+mode = "stream"
+health_interval_s = 0
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only what a test sets: no BRIDGE_* or RUNPOD_* from the machine running the tests."""
+    for name in list(os.environ):
+        if name.startswith(("BRIDGE_", "RUNPOD_")) or name in ("SDXL_KEY", "LLM_KEY"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str, name: str = "bridge.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(path: Path | None = None, **overrides: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        BridgeSettings.load(path, **overrides)
+    return str(info.value)
+
+
+# -- defaults ---------------------------------------------------------------------------
+
+
+def test_no_file_gives_the_emulator_routes_with_the_dev_key() -> None:
+    settings = BridgeSettings.load()
+    assert sorted(settings.routes) == ["echo", "fail", "stream"]
+    echo = settings.route("echo")
+    assert (echo.endpoint_id, echo.base_url, echo.mode) == (
+        "echo",
+        "http://127.0.0.1:8000/v2",
+        "poll",
+    )
+    assert settings.route("stream").mode == "stream"
+    assert echo.api_key().get_secret_value() == DEV_API_KEY
+    assert echo.budgets == RUNPOD_BUDGETS
+    assert settings.config is None
+
+
+def test_default_routes_follow_emulator_url_and_runpod_api_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BRIDGE_EMULATOR_URL", "http://10.0.0.5:9000/")
+    monkeypatch.setenv("RUNPOD_API_KEY", SECRET)
+    echo = BridgeSettings.load().route("echo")
+    assert echo.base_url == "http://10.0.0.5:9000/v2"
+    assert echo.api_key().get_secret_value() == SECRET
+
+
+def test_broker_and_backend_default_to_redis_url() -> None:
+    settings = BridgeSettings.load(redis_url="redis://r:6379/3")
+    assert (settings.broker, settings.backend) == ("redis://r:6379/3", "redis://r:6379/3")
+    amqp = BridgeSettings.load(broker_url="amqp://guest:guest@h//", result_backend="redis://b/1")
+    assert (amqp.broker, amqp.backend) == ("amqp://guest:guest@h//", "redis://b/1")
+
+
+# -- the routes file --------------------------------------------------------------------
+
+
+def test_routes_file_is_loaded(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO_ROUTES)
+    settings = BridgeSettings.load(path)
+    assert settings.config == path
+    assert (settings.requests_stream, settings.key_prefix) == ("from-file:requests", "filed")
+    assert sorted(settings.routes) == ["llm", "sdxl"]
+    sdxl, llm = settings.route("sdxl"), settings.route("llm")
+    assert (sdxl.endpoint_id, sdxl.mode, sdxl.queue, sdxl.max_in_flight) == (
+        "abc123",
+        "sync",
+        "gpu",
+        7,
+    )
+    assert sdxl.policy == {"executionTimeout": 60000}
+    assert sdxl.purge_crontab == "0 4 * * *"
+    assert sdxl.base_url == "https://api.runpod.ai/v2"  # the default
+    assert (llm.base_url, llm.mode, llm.health_interval_s) == (
+        "http://127.0.0.1:9000/v2",
+        "stream",
+        0,
+    )
+
+
+def test_bridge_config_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_CONFIG", str(write(tmp_path, TWO_ROUTES)))
+    assert sorted(BridgeSettings.load().routes) == ["llm", "sdxl"]
+
+
+def test_unknown_route_names_what_is_configured(tmp_path: Path) -> None:
+    settings = BridgeSettings.load(write(tmp_path, TWO_ROUTES))
+    with pytest.raises(ConfigError, match=r"unknown route 'nope' \(configured: llm, sdxl\)"):
+        settings.route("nope")
+
+
+@pytest.mark.parametrize(
+    ("table", "where", "says"),
+    [
+        ('max_in_flight = 0\nendpoint_id = "e"', "routes.r.max_in_flight", "greater than or equal"),
+        ('mode = "fast"\nendpoint_id = "e"', "routes.r.mode", "'poll', 'stream', 'sync' or"),
+        ('endpoint_id = "has space"', "routes.r.endpoint_id", "pattern"),
+        ('endpoint_id = "e"\nbase_url = "ftp://x"', "routes.r.base_url", "pattern"),
+        ("queue = 'q'", "routes.r.endpoint_id", "Field required"),
+        ('endpoint_id = "e"\ncolour = "red"', "routes.r.colour", "Extra inputs"),
+        (
+            'endpoint_id = "e"\nbudgets = { fly = 1 }',
+            "routes.r",
+            "unknown budget operation(s): fly",
+        ),
+        (
+            'endpoint_id = "e"\npurge_crontab = "0 4 *"',
+            "routes.r",
+            "purge_crontab must have 5 fields",
+        ),
+        ('endpoint_id = "e"\ndelivery = "twice"', "routes.r.delivery", "at_least_once"),
+        ('endpoint_id = "e"\nreply_ttl_s = 0', "routes.r.reply_ttl_s", "greater than or equal"),
+    ],
+)
+def test_route_errors_name_file_route_and_field(
+    tmp_path: Path, table: str, where: str, says: str
+) -> None:
+    path = write(tmp_path, f"[routes.r]\n{table}\n")
+    message = config_error(path)
+    assert f"invalid route in {path}" in message
+    assert f"{where}" in message
+    assert says in message
+
+
+def test_second_route_error_is_named_too(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO_ROUTES + '\n[routes.bad]\nendpoint_id = "x"\nmax_in_flight = -1\n')
+    assert "routes.bad.max_in_flight" in config_error(path)
+
+
+def test_unknown_top_level_keys_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'redis_uri = "redis://x"\nrouts = 1\n' + TWO_ROUTES)
+    message = config_error(path)
+    assert message == f"unknown setting(s) in {path}: redis_uri, routs"
+
+
+def test_invalid_top_level_value_names_file_and_field(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, "webhook_port = 70000\n" + TWO_ROUTES))
+    assert "in " in message
+    assert "webhook_port: Input should be less than or equal to 65535" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[routes]\n", "defines no routes"),
+        ("routes = 3\n", "routes: must be a table"),
+        ("[routes.r\n", "is not valid TOML"),
+    ],
+)
+def test_broken_files_are_named(tmp_path: Path, text: str, says: str) -> None:
+    path = write(tmp_path, text)
+    message = config_error(path)
+    assert str(path) in message
+    assert says in message
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.toml"
+    assert config_error(missing) == f"bridge config file not found: {missing}"
+
+
+# -- the environment and explicit overrides ---------------------------------------------
+
+
+def test_environment_overrides_the_file_and_overrides_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, TWO_ROUTES)
+    monkeypatch.setenv("BRIDGE_REQUESTS_STREAM", "env:requests")
+    monkeypatch.setenv("BRIDGE_REDIS_URL", "redis://env:6379/2")
+    monkeypatch.setenv("BRIDGE_SUBMIT_TIMEOUT_S", "5")
+    settings = BridgeSettings.load(path)
+    assert (settings.requests_stream, settings.redis_url) == ("env:requests", "redis://env:6379/2")
+    assert settings.submit_timeout_s == 5.0
+    assert settings.key_prefix == "filed"  # not in the environment: the file's value
+    assert BridgeSettings.load(path, requests_stream="arg").requests_stream == "arg"
+
+
+def test_routes_from_the_environment_replace_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, TWO_ROUTES)
+    monkeypatch.setenv("BRIDGE_ROUTES", '{"env": {"endpoint_id": "from-env", "max_in_flight": 3}}')
+    settings = BridgeSettings.load(path)
+    assert list(settings.routes) == ["env"]
+    assert settings.route("env").max_in_flight == 3
+    monkeypatch.delenv("BRIDGE_ROUTES")
+    given = {"arg": RouteConfig(endpoint_id="from-arg")}
+    assert list(BridgeSettings.load(path, routes=given).routes) == ["arg"]
+
+
+def test_invalid_environment_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_WEBHOOK_PORT", "-1")
+    assert "in the environment" in config_error()
+    assert "webhook_port" in config_error()
+    monkeypatch.delenv("BRIDGE_WEBHOOK_PORT")
+    monkeypatch.setenv("BRIDGE_ROUTES", "{not json")
+    message = config_error()
+    assert "in the environment" in message
+    assert "routes" in message
+    monkeypatch.setenv("BRIDGE_ROUTES", '{"r": {"endpoint_id": "e", "mode": "fast"}}')
+    assert "routes.r.mode" in config_error()
+
+
+# -- API keys ---------------------------------------------------------------------------
+
+
+def test_key_from_the_named_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    route = BridgeSettings.load(write(tmp_path, TWO_ROUTES)).route("sdxl")
+    monkeypatch.setenv("SDXL_KEY", SECRET)
+    assert route.api_key().get_secret_value() == SECRET
+    monkeypatch.setenv("SDXL_KEY", "rotated")
+    assert route.api_key().get_secret_value() == "rotated"  # read when asked
+
+
+def test_key_from_a_secret_file_wins_and_is_stripped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = write(tmp_path, f"{SECRET}\n", name="runpod-key")
+    monkeypatch.setenv("RUNPOD_API_KEY", "the-env-one")
+    route = RouteConfig(endpoint_id="e", api_key_file=secret)
+    assert route.api_key().get_secret_value() == SECRET
+
+
+def test_missing_key_names_variable_and_endpoint(tmp_path: Path) -> None:
+    route = BridgeSettings.load(write(tmp_path, TWO_ROUTES)).route("sdxl")
+    with pytest.raises(ConfigError, match=r"no API key for endpoint 'abc123': set SDXL_KEY"):
+        route.api_key()
+
+
+def test_unreadable_key_file_is_named(tmp_path: Path) -> None:
+    route = RouteConfig(endpoint_id="e", api_key_file=tmp_path / "missing-key")
+    with pytest.raises(ConfigError, match=r"cannot read the API key file .*missing-key"):
+        route.api_key()
+
+
+def test_the_key_never_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDXL_KEY", SECRET)
+    secret_file = write(tmp_path, SECRET, name="key")
+    path = write(
+        tmp_path,
+        TWO_ROUTES + f'\n[routes.filed]\nendpoint_id = "f"\napi_key_file = "{secret_file}"\n',
+    )
+    settings = BridgeSettings.load(path)
+    keys = [settings.route(n).api_key() for n in ("sdxl", "filed")]
+    shown = [repr(settings), str(settings), *map(repr, keys), *map(str, keys)]
+    shown += [repr(settings.route(n)) for n in settings.routes]
+    shown.append(settings.model_dump_json())
+    assert not [s for s in shown if SECRET in s]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'[routes.r]\nendpoint_id = "e"\napi_key = "{SECRET}"\n',  # a key written in a route
+        f'api_key = "{SECRET}"\n[routes.r]\nendpoint_id = "e"\n',  # ... or at the top
+        f'[routes.r]\nendpoint_id = "e"\nmax_in_flight = "{SECRET}"\n',  # ... or anywhere
+    ],
+)
+def test_config_errors_never_echo_a_key(tmp_path: Path, text: str) -> None:
+    message = config_error(write(tmp_path, text))
+    assert "api_key" in message or "max_in_flight" in message
+    assert SECRET not in message
+
+
+def test_environment_errors_never_echo_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_ROUTES", f'{{"r": {{"endpoint_id": "e", "api_key": "{SECRET}"}}}}')
+    message = config_error()
+    assert "routes.r.api_key" in message
+    assert SECRET not in message
+    monkeypatch.setenv("BRIDGE_ROUTES", f'{{"r": "{SECRET}"')
+    assert SECRET not in config_error()
+
+
+# -- the shipped example ----------------------------------------------------------------
+
+
+def test_shipped_example_loads_and_documents_every_route_field(repo_root: Path) -> None:
+    path = repo_root / "config" / "bridge.toml"
+    settings = BridgeSettings.load(path)
+    assert sorted(settings.routes) == ["echo", "llm", "sdxl"]
+    assert settings.route("llm").api_key_file == Path("/run/secrets/runpod_api_key")
+    assert settings.route("sdxl").budgets == RUNPOD_BUDGETS
+    text = path.read_text(encoding="utf-8")
+    missing = [f for f in RouteConfig.model_fields if f"{f} =" not in text]
+    assert missing == []
+    assert "api_key =" not in text  # keys only by variable name or secret file
