@@ -36,6 +36,14 @@ def load_settings(config_path: Path | None) -> Any:
         raise click.ClickException(str(exc)) from None
 
 
+def route_config(settings: Any, name: str) -> Any:
+    """The route ``name``, or a clear error naming the configured ones."""
+    try:
+        return settings.route(name)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @click.command()
 @config_option
 @click.option("--pool", default="threads", show_default=True, help="Celery pool.")
@@ -105,7 +113,7 @@ def submit(
         raise click.ClickException(f"JOB_INPUT is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise click.ClickException('JOB_INPUT must be a JSON object, e.g. \'{"prompt": "hi"}\'')
-    settings.route(route)  # clear error for an unknown route before sending anything
+    route_config(settings, route)  # clear error for an unknown route before sending anything
     client = JsonDoorClient(settings)
     request_id = request_id or str(uuid.uuid4())
     status = client.submit_and_show(route, data, mode=mode, timeout=timeout, request_id=request_id)
@@ -142,12 +150,15 @@ def health(config_path: Path | None, route: str | None, live: bool) -> None:
     settings = load_settings(config_path)
     names = [route] if route else sorted(settings.routes)
     for name in names:
-        settings.route(name)
+        route_config(settings, name)
     client = JsonDoorClient(settings)
     table = Table("route", "endpoint", "age", "in queue", "in progress", "done", "failed",
                   "workers (idle/running)", "warnings")  # fmt: skip
     for name in names:
-        snap = client.health(name, live=live)
+        try:
+            snap = client.health(name, live=live)
+        except ConfigError as exc:  # --live: no API key for the route
+            raise click.ClickException(str(exc)) from None
         if snap is None:
             table.add_row(name, settings.routes[name].endpoint_id, "-", *["-"] * 5, "no snapshot")
             continue
@@ -172,7 +183,7 @@ def purge(config_path: Path | None, route: str, yes: bool) -> None:
     from bridge.producer import JsonDoorClient
 
     settings = load_settings(config_path)
-    config = settings.route(route)
+    config = route_config(settings, route)
     if not yes:
         click.confirm(
             f"Purge every queued job of endpoint {config.endpoint_id!r} (route {route})?",

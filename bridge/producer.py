@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from rich.console import Console
+from rich.text import Text
 
 import bridge.runpod as runpod
 from bridge.errors import RunpodError
@@ -71,29 +72,34 @@ class JsonDoorClient:
         console = console or Console()
         start = time.monotonic()
         _, reply_to = self.send(route, job_input, request_id=request_id, mode=mode)
-        console.print(f"request [cyan]{request_id}[/] sent to route [bold]{route}[/]")
+        # Text, not markup: outputs and errors come from the endpoint and are shown verbatim
+        console.print(
+            Text.assemble("request ", (request_id, "cyan"), " sent to route ", (route, "bold"))
+        )
         status = "WAITING"
         with console.status("waiting for the endpoint…") as spinner:
             for message in self.replies(reply_to, timeout):
                 elapsed = time.monotonic() - start
                 if message["type"] == "chunk":
-                    console.print(f"  chunk {message['seq']}: {json.dumps(message['output'])}")
+                    console.print(
+                        Text(f"  chunk {message['seq']}: {json.dumps(message['output'])}")
+                    )
                     spinner.update(f"streaming… {elapsed:.1f}s")
                     continue
                 status = str(message["status"])
                 color = "green" if status == "COMPLETED" else "red"
+                job_id = message.get("job_id")
                 console.print(
-                    f"[{color}]{status}[/] after {elapsed:.2f}s (job {message.get('job_id')})"
+                    Text.assemble((status, color), f" after {elapsed:.2f}s (job {job_id})")
                 )
                 if "output" in message:
                     console.print_json(json.dumps(message["output"]))
                 for key in ("error", "reason", "message"):
                     if message.get(key):
-                        console.print(f"{key}: {message[key]}")
+                        console.print(Text(f"{key}: {message[key]}"))
         if status == "WAITING":
-            console.print(
-                f"[yellow]no result within {timeout:g}s[/] (request {request_id} goes on)"
-            )
+            waited = Text(f"no result within {timeout:g}s", "yellow")
+            console.print(Text.assemble(waited, f" (request {request_id} goes on)"))
         return status
 
     def cancel(self, request_id: str) -> str:
