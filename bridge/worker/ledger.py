@@ -81,11 +81,12 @@ return 1
 _CHUNK = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'final' or not state then
-  return 0
+  return -1
 end
-redis.call('RPUSH', ARGV[1], ARGV[2])
-redis.call('EXPIRE', ARGV[1], ARGV[3])
-return 1
+local seq = redis.call('HINCRBY', KEYS[1], 'chunks', 1) - 1
+redis.call('RPUSH', ARGV[1], ARGV[2] .. seq .. ARGV[3])
+redis.call('EXPIRE', ARGV[1], ARGV[4])
+return seq
 """
 
 _ORPHANS = """
@@ -245,15 +246,17 @@ class Ledger:
         )
         return bool(won)
 
-    async def push_chunk(
-        self, request_id: str, reply_to: str, chunk: dict[str, Any], ttl_s: int
-    ) -> bool:
-        """Push a stream chunk, unless the request is already final."""
-        pushed = await self._chunk(
+    async def push_chunk(self, request_id: str, reply_to: str, output: Any, ttl_s: int) -> int:
+        """Push a stream chunk ``{"type": "chunk", "id", "seq", "output"}``, unless the
+        request is already final (then -1). ``seq`` counts from 0 in the ledger, so it
+        stays in order even when another process resumes the stream."""
+        head = json.dumps({"type": "chunk", "id": request_id}, separators=(",", ":"))
+        tail = json.dumps(output, separators=(",", ":"))
+        seq = await self._chunk(
             keys=[self.key(request_id)],
-            args=[reply_to, json.dumps(chunk, separators=(",", ":")), ttl_s],
+            args=[reply_to, head[:-1] + ',"seq":', ',"output":' + tail + "}", ttl_s],
         )
-        return bool(pushed)
+        return int(seq)
 
     async def request_cancel(self, request_id: str) -> str:
         """Ask for a cancel. Returns the request's state: ``unknown`` (a tombstone is left

@@ -392,13 +392,16 @@ class Tracker:
             tracked.wake.clear()
             watcher = asyncio.create_task(self._watch(tracked))
             woken = asyncio.create_task(tracked.wake.wait())
-            done, _ = await asyncio.wait({watcher, woken}, return_when=asyncio.FIRST_COMPLETED)
-            if watcher in done:
+            try:
+                done, _ = await asyncio.wait({watcher, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when we are cancelled: leave no task behind
                 woken.cancel()
+                if not watcher.done():
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watcher
+            if watcher in done:
                 return watcher.result()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
             if tracked.wants_cancel():
                 return await self._cancel(tracked)
             outcome = await self._look(tracked)  # woken by a webhook or a purge
@@ -411,14 +414,11 @@ class Tracker:
         job, request = tracked.job, tracked.request
         assert job is not None
         if request.mode == "stream":
-            seq = 0
             async for chunk in job.stream():
                 if request.reply_to:
-                    message = {"type": "chunk", "id": request.id, "seq": seq, "output": chunk}
                     await self.ledger.push_chunk(
-                        request.id, request.reply_to, message, self._route(request).reply_ttl_s
+                        request.id, request.reply_to, chunk, self._route(request).reply_ttl_s
                     )
-                seq += 1
             return await self._look_final(tracked)
         try:
             await job.output()

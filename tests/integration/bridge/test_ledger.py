@@ -53,14 +53,20 @@ async def test_submit_steps_and_single_final_reply(ledger: Ledger) -> None:
     assert await ledger.final_reply("r2") == json.loads(await ledger.redis.lindex(reply_to, 0))
 
 
-async def test_chunks_never_after_the_result(ledger: Ledger) -> None:
+async def test_chunks_are_numbered_and_never_after_the_result(ledger: Ledger) -> None:
     await ledger.claim("r3", "s", {}, "w1")
     reply_to = f"{ledger.prefix}:r3"
-    assert await ledger.push_chunk("r3", reply_to, {"seq": 0}, 60)
+    assert await ledger.push_chunk("r3", reply_to, {"t": "a"}, 60) == 0
+    assert await ledger.push_chunk("r3", reply_to, ["b", 2.5, None], 60) == 1
     await ledger.finalize("r3", "s", {"type": "result"}, reply_to=reply_to, reply_ttl_s=60,
                           result_ttl_s=60)  # fmt: skip
-    assert not await ledger.push_chunk("r3", reply_to, {"seq": 1}, 60)
-    assert await ledger.redis.llen(reply_to) == 2
+    assert await ledger.push_chunk("r3", reply_to, {"late": True}, 60) == -1
+    messages = [json.loads(m) for m in await ledger.redis.lrange(reply_to, 0, -1)]
+    assert messages == [
+        {"type": "chunk", "id": "r3", "seq": 0, "output": {"t": "a"}},
+        {"type": "chunk", "id": "r3", "seq": 1, "output": ["b", 2.5, None]},
+        {"type": "result"},
+    ]
 
 
 async def test_cancel_before_arrival_leaves_a_tombstone(ledger: Ledger) -> None:

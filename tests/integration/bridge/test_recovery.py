@@ -1,0 +1,195 @@
+"""Nothing lost, nothing twice: kill -9 a worker holding 1,000 jobs, start another, and
+every request gets exactly one final reply from exactly one submission; the ambiguous
+window follows the route's delivery policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conftest import start_worker, wait_ready
+
+from bridge.emulator.settings import EmulatorSettings, EndpointConfig, TemplateConfig
+from bridge.emulator.testing import EmulatorHandle, running_emulator, wait_until
+from bridge.producer import JsonDoorClient
+from bridge.settings import BridgeSettings
+from bridge.worker.app import create_app
+
+JOBS = 1000
+
+
+@pytest.fixture(scope="module")
+def big_emulator() -> Iterator[EmulatorHandle]:
+    settings = EmulatorSettings.load(
+        host="127.0.0.1",
+        port=0,
+        templates=[TemplateConfig(id="echo", imageName="echo")],
+        endpoints=[
+            EndpointConfig(
+                id="echo",
+                templateId="echo",
+                workersMax=2000,
+                coldStartMs=0,
+                scalerType="REQUEST_COUNT",
+                scalerValue=1,
+                idleTimeout=60,
+            ),
+        ],
+    )
+    with running_emulator(settings) as handle:
+        yield handle
+
+
+class Setup:
+    def __init__(self, env: dict[str, str], settings: BridgeSettings, log: Path) -> None:
+        self.env = env
+        self.settings = settings
+        self.log = log
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.producer = JsonDoorClient(settings, self.redis)
+        self.app = create_app(settings)
+
+    def states(self, request_ids: list[str]) -> dict[bytes | None, int]:
+        """How many of these requests are in each ledger state (one round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for request_id in request_ids:
+            pipe.hget(f"{self.settings.key_prefix}:req:{request_id}", "state")
+        return dict(Counter(pipe.execute()))
+
+
+def make_setup(emulator: EmulatorHandle, redis_url: str, log: Path, **route_changes: Any) -> Setup:
+    tag = uuid.uuid4().hex[:8]
+    overrides = {
+        "redis_url": redis_url,
+        "emulator_url": emulator.url,
+        "key_prefix": f"rt-{tag}",
+        "requests_stream": f"rt-{tag}:requests",
+        "dlq_stream": f"rt-{tag}:dlq",
+        "default_queue": f"rt-{tag}",
+        "lease_ttl_s": "3",
+        "recovery_interval_s": "0.5",
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "RUNPOD_"))}
+    env.update({f"BRIDGE_{k.upper()}": v for k, v in overrides.items()})
+    routes = {"echo": BridgeSettings.load(**overrides).routes["echo"]}
+    routes["echo"] = routes["echo"].model_copy(
+        update={
+            "queue": f"rt-{tag}",
+            "long_poll_below": 2000,
+            "max_in_flight": 2000,
+            **route_changes,
+        }
+    )
+    env["BRIDGE_ROUTES"] = json.dumps({n: r.model_dump(mode="json") for n, r in routes.items()})
+    return Setup(env, BridgeSettings.load(**overrides, routes=routes), log)
+
+
+def cleanup(setup: Setup) -> None:
+    for key in setup.redis.scan_iter(f"{setup.settings.key_prefix}*"):
+        setup.redis.delete(key)
+    setup.redis.close()
+
+
+def test_kill_9_with_1000_jobs_in_flight(
+    big_emulator: EmulatorHandle, redis_url: str, tmp_path: Path
+) -> None:
+    setup = make_setup(big_emulator, redis_url, tmp_path / "worker.log")
+    first = start_worker(setup.env, setup.log)
+    second = None
+    try:
+        wait_ready(setup.app, first, setup.log)
+        sent = [setup.producer.send("echo", {"sleep_ms": 30_000, "k": k}) for k in range(JOBS)]
+        celery_door = [
+            setup.app.send_task("bridge.run", kwargs={"route": "echo", "input": {"c": c,
+                                "sleep_ms": 30_000}}) for c in range(20)
+        ]  # fmt: skip
+        wait_until(
+            lambda: big_emulator.stats("echo")["submissions"] >= JOBS + 20,
+            timeout=60, interval=0.5,
+        )  # fmt: skip
+        ids = [rid for rid, _ in sent]
+        try:
+            wait_until(lambda: setup.states(ids) == {b"submitted": JOBS}, timeout=15, interval=0.5)
+        except AssertionError:
+            raise AssertionError(f"not all in flight: {setup.states(ids)}") from None
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        killed_at = time.monotonic()
+        second = start_worker(setup.env, setup.log)
+        wait_ready(setup.app, second, setup.log)
+        replies: dict[str, list[dict[str, Any]]] = {}
+        for request_id, reply_to in sent:
+            replies[request_id] = list(setup.producer.replies(reply_to, timeout=60))
+        recovered_in = time.monotonic() - killed_at
+        outputs = [r.get(timeout=60) for r in celery_door]
+        # a second read finds nothing more: exactly one final reply each
+        extra = sum(setup.redis.llen(reply_to) for _, reply_to in sent)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+        cleanup(setup)
+    statuses = [r[-1]["status"] if r else "MISSING" for r in replies.values()]
+    assert statuses == ["COMPLETED"] * JOBS
+    assert all(len(r) == 1 for r in replies.values())
+    assert extra == 0
+    assert [o["c"] for o in outputs] == list(range(20))
+    stats = big_emulator.stats("echo")
+    assert stats["submissions"] == JOBS + 20  # exactly one submission per request
+    print(
+        f"\nkill -9 with {JOBS + 20} jobs in flight: all {JOBS + 20} answered once, "
+        f"{stats['submissions']} submissions, results {recovered_in:.1f} s after the kill"
+    )
+
+
+@pytest.mark.parametrize(
+    ("delivery", "expected"), [("at_least_once", "COMPLETED"), ("at_most_once", "FAILED")]
+)
+def test_ambiguous_window_follows_the_route_policy(
+    big_emulator: EmulatorHandle, redis_url: str, tmp_path: Path, delivery: str, expected: str
+) -> None:
+    setup = make_setup(big_emulator, redis_url, tmp_path / "worker.log", delivery=delivery)
+    prefix = setup.settings.key_prefix
+    request_id = f"amb-{uuid.uuid4()}"
+    reply_to = f"{prefix}:reply:{request_id}"
+    record = {
+        "id": request_id, "route": "echo", "input": {"amb": 1}, "mode": "poll",
+        "reply_to": reply_to, "accepted_at": time.time(),
+    }  # fmt: skip
+    # A worker that died between sending /run and recording the job id left this:
+    setup.redis.hset(f"{prefix}:req:{request_id}", mapping={
+        "state": "submitting", "route": "echo", "request": json.dumps(record),
+        "owner": "dead-worker", "created": str(time.time()),
+    })  # fmt: skip
+    setup.redis.sadd(f"{prefix}:inflight:echo", request_id)
+    before = big_emulator.stats("echo")["submissions"]
+    worker = start_worker(setup.env, setup.log)
+    try:
+        wait_ready(setup.app, worker, setup.log)
+        result = list(setup.producer.replies(reply_to, timeout=30))[-1]
+        counters = {k: setup.redis.get(f"{prefix}:stats:{k}") for k in
+                    ("ambiguous_resubmits", "ambiguous_dead_lettered")}  # fmt: skip
+        letters = setup.redis.xrange(setup.settings.dlq_stream)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        cleanup(setup)
+    assert result["status"] == expected
+    submissions = big_emulator.stats("echo")["submissions"] - before
+    if delivery == "at_least_once":
+        assert (result["output"], submissions) == ({"amb": 1}, 1)
+        assert counters["ambiguous_resubmits"] == b"1"
+    else:
+        assert (result["reason"], submissions) == ("ambiguous", 0)
+        assert counters["ambiguous_dead_lettered"] == b"1"
+        assert [f[b"reason"] for _, f in letters] == [b"ambiguous"]
