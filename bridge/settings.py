@@ -59,6 +59,7 @@ class RouteConfig(BaseModel):
     result_ttl_s: int = Field(86_400, ge=1, description="how long final results are kept")
     reply_ttl_s: int = Field(3_600, ge=1, description="how long reply lists are kept")
     delivery: Delivery = "at_least_once"
+    submit_attempts: int = Field(5, ge=1, description="tries of POST /run before failing")
     max_payload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     long_poll_below: int = Field(
         200, ge=0, description="hold status requests while fewer jobs than this are in flight"
@@ -73,6 +74,8 @@ class RouteConfig(BaseModel):
         unknown = set(self.budgets) - set(RUNPOD_BUDGETS)
         if unknown:
             raise ValueError(f"unknown budget operation(s): {', '.join(sorted(unknown))}")
+        # A partial table changes only the operations it names.
+        self.budgets = {**RUNPOD_BUDGETS, **self.budgets}
         if self.purge_crontab is not None and len(self.purge_crontab.split()) != 5:
             raise ValueError("purge_crontab must have 5 fields: minute hour day month weekday")
         return self

@@ -139,8 +139,15 @@ class JsonDoor:
             if pending_first and not entries:
                 pending_first = False
                 continue
-            for entry_id, fields in entries:
-                await self.handle(entry_id, fields)
+            try:
+                for entry_id, fields in entries:
+                    await self.handle(entry_id, fields)
+            except (RedisError, OSError) as exc:
+                # Unacknowledged entries stay pending and are read again (see _claim_stale).
+                log.warning("handling entries failed (%s); going on", exc)
+                pending_first = True
+                await asyncio.sleep(1.0)
+                continue
             if time.monotonic() >= next_claim:
                 next_claim = time.monotonic() + self.settings.stale_entry_s / 2
                 await self._claim_stale()

@@ -60,12 +60,16 @@ class BridgeService:
         )
         self.redis = Redis(connection_pool=pool)
         self.ledger = Ledger(self.redis, settings.key_prefix)
-        limits = {
-            route.endpoint_id: {
-                op: Limit(n, route.budget_window_s) for op, n in route.budgets.items()
-            }
-            for route in settings.routes.values()
-        }
+        limits: dict[str, dict[str, Limit]] = {}
+        for route in settings.routes.values():  # routes sharing an endpoint: the lowest wins
+            mine = limits.setdefault(route.endpoint_id, {})
+            for op, n in route.budgets.items():
+                limit = Limit(n, route.budget_window_s)
+                if (
+                    op not in mine
+                    or limit.requests / limit.window < mine[op].requests / mine[op].window
+                ):
+                    mine[op] = limit
         self.budgets = Budgets(self.redis, limits, settings.key_prefix)
         self.session = ClientSession(trace_configs=[budget_trace_config(self.budgets)])
         self.results = CeleryResults(self.celery_app) if self.celery_app else None

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -27,11 +28,15 @@ from typing import Any
 import aiohttp
 
 from bridge.errors import (
+    ConnectError,
     JobError,
     JobExpired,
     NotFoundError,
+    RateLimitedError,
     RequestRejected,
     RunpodError,
+    ServerError,
+    TransportError,
 )
 from bridge.runpod import AsyncioEndpoint, AsyncioJob, PollPolicy
 from bridge.settings import BridgeSettings, RouteConfig
@@ -354,15 +359,57 @@ class Tracker:
             raise _NotOurs(state)
         if cancel or tracked.wants_cancel():
             return Outcome(CANCELLED, reason="cancelled", message="cancelled before submission")
-        try:
-            tracked.job = await self._submit(request, endpoint)
-        except RunpodError as exc:
-            return Outcome(FAILED, reason="submit_failed", message=str(exc))
+        outcome = await self._send(tracked, endpoint)
+        if outcome is not None:
+            return outcome
         job = tracked.job
+        assert job is not None
         _, cancel = await self.ledger.mark_submitted(request.id, job.job_id)
         await self._progress(request, "IN_QUEUE", {"job_id": job.job_id, "route": request.route})
         tracked.cancel_asked = tracked.cancel_asked or cancel
         return None
+
+    async def _send(self, tracked: Tracked, endpoint: AsyncioEndpoint) -> Outcome | None:
+        """POST the job, trying again after failures within the route's rules.
+
+        A refusal that proves the endpoint did not take the job (connection refused,
+        429) is simply tried again. A 5xx or a broken connection is ambiguous: the job
+        may exist. ``at_least_once`` sends again (counted: a duplicate is possible),
+        ``at_most_once`` gives up with reason ``ambiguous``. Any other error (400, 401,
+        413 …) is final. After ``submit_attempts`` the request fails (``submit_failed``).
+        """
+        request = tracked.request
+        route = self._route(request)
+        for attempt in range(1, route.submit_attempts + 1):
+            try:
+                tracked.job = await self._submit(request, endpoint)
+                return None
+            except (ConnectError, RateLimitedError) as exc:
+                error: RunpodError = exc
+            except (ServerError, TransportError) as exc:
+                if route.delivery == "at_most_once":
+                    await self.ledger.count("ambiguous_dead_lettered")
+                    return Outcome(
+                        FAILED,
+                        reason="ambiguous",
+                        message=f"submitting may or may not have worked ({exc}); the route "
+                        "is at_most_once, so it is not sent again",
+                    )
+                await self.ledger.count("ambiguous_resubmits")
+                error = exc
+            except RunpodError as exc:
+                return Outcome(FAILED, reason="submit_failed", message=str(exc))
+            if attempt < route.submit_attempts:
+                await asyncio.sleep(random.uniform(0, min(30.0, 0.5 * 2**attempt)))
+                if tracked.wants_cancel():
+                    return Outcome(
+                        CANCELLED, reason="cancelled", message="cancelled before submission"
+                    )
+        return Outcome(
+            FAILED,
+            reason="submit_failed",
+            message=f"submitting failed {route.submit_attempts} times; last error: {error}",
+        )
 
     async def _observe_start(self, tracked: Tracked) -> None:
         """Notice when a queued job starts running (a held wait only reports its end):

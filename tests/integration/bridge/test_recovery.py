@@ -9,20 +9,16 @@ import os
 import signal
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
+from bridgekit import cleanup, make_setup
 from conftest import start_worker, wait_ready
 
 from bridge.emulator.settings import EmulatorSettings, EndpointConfig, TemplateConfig
 from bridge.emulator.testing import EmulatorHandle, running_emulator, wait_until
-from bridge.producer import JsonDoorClient
-from bridge.settings import BridgeSettings
-from bridge.worker.app import create_app
 
 JOBS = 1000
 
@@ -47,56 +43,6 @@ def big_emulator() -> Iterator[EmulatorHandle]:
     )
     with running_emulator(settings) as handle:
         yield handle
-
-
-class Setup:
-    def __init__(self, env: dict[str, str], settings: BridgeSettings, log: Path) -> None:
-        self.env = env
-        self.settings = settings
-        self.log = log
-        self.redis = redis.Redis.from_url(settings.redis_url)
-        self.producer = JsonDoorClient(settings, self.redis)
-        self.app = create_app(settings)
-
-    def states(self, request_ids: list[str]) -> dict[bytes | None, int]:
-        """How many of these requests are in each ledger state (one round trip)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for request_id in request_ids:
-            pipe.hget(f"{self.settings.key_prefix}:req:{request_id}", "state")
-        return dict(Counter(pipe.execute()))
-
-
-def make_setup(emulator: EmulatorHandle, redis_url: str, log: Path, **route_changes: Any) -> Setup:
-    tag = uuid.uuid4().hex[:8]
-    overrides = {
-        "redis_url": redis_url,
-        "emulator_url": emulator.url,
-        "key_prefix": f"rt-{tag}",
-        "requests_stream": f"rt-{tag}:requests",
-        "dlq_stream": f"rt-{tag}:dlq",
-        "default_queue": f"rt-{tag}",
-        "lease_ttl_s": "3",
-        "recovery_interval_s": "0.5",
-    }
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "RUNPOD_"))}
-    env.update({f"BRIDGE_{k.upper()}": v for k, v in overrides.items()})
-    routes = {"echo": BridgeSettings.load(**overrides).routes["echo"]}
-    routes["echo"] = routes["echo"].model_copy(
-        update={
-            "queue": f"rt-{tag}",
-            "long_poll_below": 2000,
-            "max_in_flight": 2000,
-            **route_changes,
-        }
-    )
-    env["BRIDGE_ROUTES"] = json.dumps({n: r.model_dump(mode="json") for n, r in routes.items()})
-    return Setup(env, BridgeSettings.load(**overrides, routes=routes), log)
-
-
-def cleanup(setup: Setup) -> None:
-    for key in setup.redis.scan_iter(f"{setup.settings.key_prefix}*"):
-        setup.redis.delete(key)
-    setup.redis.close()
 
 
 def test_kill_9_with_1000_jobs_in_flight(
