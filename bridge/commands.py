@@ -229,4 +229,75 @@ def webhooks(config_path: Path | None, host: str | None, port: int | None) -> No
         asyncio.run(serve())
 
 
-COMMANDS = [worker, beat, submit, cancel, health, purge, webhooks]
+@click.group()
+def dlq() -> None:
+    """The dead-letter stream: requests that were refused or could not be submitted."""
+
+
+@dlq.command("list")
+@config_option
+@click.option("--route", default=None, help="Only this route's entries.")
+@click.option("--limit", default=50, show_default=True, help="The newest N (0: all).")
+def dlq_list(config_path: Path | None, route: str | None, limit: int) -> None:
+    """Show dead letters, newest last."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bridge.dlq import DeadLetters
+
+    letters = DeadLetters(load_settings(config_path)).list(route, limit)
+    table = Table("entry", "when", "route", "request", "reason", "message", "job")
+    for d in letters:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.at))
+        table.add_row(d.entry_id, when, d.route, d.request_id, d.reason, d.message[:80], d.job_id)
+    Console().print(table)
+    click.echo(f"{len(letters)} dead letter(s)")
+
+
+@dlq.command("replay")
+@config_option
+@click.argument("entry_id", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every replayable entry.")
+@click.option("--route", default=None, help="With --all: only this route's entries.")
+def dlq_replay(
+    config_path: Path | None, entry_id: str | None, replay_all: bool, route: str | None
+) -> None:
+    """Send dead-lettered requests again, with their original request ids."""
+    from bridge.dlq import DeadLetters
+
+    if bool(entry_id) == replay_all:
+        raise click.UsageError("give one ENTRY_ID or --all")
+    letters = DeadLetters(load_settings(config_path))
+    chosen = letters.list(route, limit=0) if replay_all else [letters.get(str(entry_id))]
+    if chosen == [None]:
+        raise click.ClickException(f"no dead letter {entry_id}")
+    replayed = skipped = 0
+    for letter in chosen:
+        assert letter is not None
+        try:
+            click.echo(f"replayed {letter.entry_id} as request {letters.replay(letter)}")
+            replayed += 1
+        except ValueError as exc:
+            click.echo(f"skipped: {exc}")
+            skipped += 1
+    click.echo(f"{replayed} replayed, {skipped} skipped")
+    if skipped and not replayed:
+        sys.exit(1)
+
+
+@dlq.command("purge")
+@config_option
+@click.option("--route", default=None, help="Only this route's entries.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(config_path: Path | None, route: str | None, yes: bool) -> None:
+    """Remove dead letters (all, or one route's)."""
+    from bridge.dlq import DeadLetters
+
+    letters = DeadLetters(load_settings(config_path))
+    if not yes:
+        what = f"route {route}'s" if route else "all"
+        click.confirm(f"Remove {what} dead letters?", abort=True)
+    click.echo(f"removed {letters.purge(route)} dead letter(s)")
+
+
+COMMANDS = [worker, beat, submit, cancel, health, purge, webhooks, dlq]

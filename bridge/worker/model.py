@@ -93,6 +93,7 @@ class Outcome:
     message: str | None = None
     job_id: str | None = None
     job: dict[str, Any] = field(default_factory=dict)
+    history: list[str] = field(default_factory=list)
 
     @classmethod
     def from_job(cls, job: dict[str, Any], *, reason: str | None = None) -> Outcome:

@@ -137,6 +137,9 @@ class BridgeService:
                 message=outcome.message or "",
                 request_id=request.id,
                 payload=json.dumps(request.to_record(), default=str),
+                route=request.route,
+                job_id=outcome.job_id,
+                details={"attempts": outcome.history, "timings": reply.get("timings")},
             )
         log.info(
             "request %s %s (job %s, route %s)", request.id, outcome.status, outcome.job_id,
@@ -195,6 +198,7 @@ class BridgeService:
             message=error.message,
             request_id=request.id,
             payload=json.dumps(request.to_record(), default=str),
+            route=request.route,
         )
         outcome = Outcome(REJECTED, reason=error.reason, message=error.message)
         if request.reply_to:
@@ -205,13 +209,26 @@ class BridgeService:
             await self.results.finish(request.continuation, outcome, request.id, "")
 
     async def dead_letter(
-        self, *, reason: str, message: str, request_id: str | None, payload: str
+        self,
+        *,
+        reason: str,
+        message: str,
+        request_id: str | None,
+        payload: str,
+        route: str = "",
+        job_id: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
+        """Append to the dead-letter stream: the original request, why, and what happened
+        (``details``: attempt history, timings). Never an API key: none is in a request."""
         entry: dict[Any, Any] = {
             "reason": reason,
             "message": message,
             "request_id": request_id or "",
+            "route": route,
+            "job_id": job_id or "",
             "payload": payload,
+            "details": json.dumps(details or {}, default=str),
             "at": f"{time.time():.3f}",
         }
         await self.redis.xadd(self.settings.dlq_stream, entry, maxlen=100_000, approximate=True)

@@ -380,13 +380,16 @@ class Tracker:
         """
         request = tracked.request
         route = self._route(request)
+        history: list[str] = []
         for attempt in range(1, route.submit_attempts + 1):
             try:
                 tracked.job = await self._submit(request, endpoint)
                 return None
             except (ConnectError, RateLimitedError) as exc:
+                history.append(f"{time.time():.3f} {type(exc).__name__}: {exc}")
                 error: RunpodError = exc
             except (ServerError, TransportError) as exc:
+                history.append(f"{time.time():.3f} {type(exc).__name__}: {exc}")
                 if route.delivery == "at_most_once":
                     await self.ledger.count("ambiguous_dead_lettered")
                     return Outcome(
@@ -394,11 +397,13 @@ class Tracker:
                         reason="ambiguous",
                         message=f"submitting may or may not have worked ({exc}); the route "
                         "is at_most_once, so it is not sent again",
+                        history=history,
                     )
                 await self.ledger.count("ambiguous_resubmits")
                 error = exc
             except RunpodError as exc:
-                return Outcome(FAILED, reason="submit_failed", message=str(exc))
+                history.append(f"{time.time():.3f} {type(exc).__name__}: {exc}")
+                return Outcome(FAILED, reason="submit_failed", message=str(exc), history=history)
             if attempt < route.submit_attempts:
                 await asyncio.sleep(random.uniform(0, min(30.0, 0.5 * 2**attempt)))
                 if tracked.wants_cancel():
@@ -409,6 +414,7 @@ class Tracker:
             FAILED,
             reason="submit_failed",
             message=f"submitting failed {route.submit_attempts} times; last error: {error}",
+            history=history,
         )
 
     async def _observe_start(self, tracked: Tracked) -> None:
