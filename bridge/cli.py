@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
 import click
 
-from bridge import __version__
+from bridge import __version__, logs
 from bridge.errors import ConfigError
+from bridge.logs import LOG_FORMATS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,18 +32,33 @@ def main() -> None:
     help="TOML file with endpoints, templates and limits (see config/emulator.toml).",
 )
 @click.option("--log-level", default="INFO", show_default=True, help="Python log level.")
-def emulator(host: str | None, port: int | None, config_path: Path | None, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="Log lines as plain text or one JSON object per line.",
+)
+def emulator(
+    host: str | None,
+    port: int | None,
+    config_path: Path | None,
+    log_level: str,
+    log_format: str,
+) -> None:
     """Run the local RunPod-compatible endpoint server."""
     from bridge.emulator.app import serve
     from bridge.emulator.settings import DEV_API_KEY, EmulatorSettings
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    logs.configure(log_format, log_level)
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     try:
         settings = EmulatorSettings.load(config_path, **overrides)
         settings.check_bind()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    for key in settings.api_keys:
+        logs.register_secret(key.get_secret_value())
 
     def ready(bound: int) -> None:
         endpoints = ", ".join(e.id for e in settings.endpoints)

@@ -36,6 +36,28 @@ def load_settings(config_path: Path | None) -> Any:
         raise click.ClickException(str(exc)) from None
 
 
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as plain text or one JSON object per line.",
+)
+
+
+def setup_logs(settings: Any, log_format: str, level: str, celery: bool = True) -> None:
+    """Log in ``log_format`` from now on (Celery's own lines too, once it starts), with
+    the routes' API keys masked."""
+    from bridge import logs
+
+    for route in settings.routes.values():
+        with contextlib.suppress(ConfigError):  # a route without a key fails later, clearly
+            logs.register_secret(route.api_key().get_secret_value())
+    logs.configure(log_format, level)
+    if celery:
+        logs.configure_celery(log_format)
+
+
 def route_config(settings: Any, name: str) -> Any:
     """The route ``name``, or a clear error naming the configured ones."""
     try:
@@ -50,6 +72,7 @@ def route_config(settings: Any, name: str) -> Any:
 @click.option("--concurrency", "-c", default=4, show_default=True, help="Celery slots.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--queues", "-Q", default=None, help="Queues [default: every route's queue].")
+@log_format_option
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
     config_path: Path | None,
@@ -57,10 +80,12 @@ def worker(
     concurrency: int,
     loglevel: str,
     queues: str | None,
+    log_format: str,
     celery_args: tuple[str, ...],
 ) -> None:
     """Run a bridge worker (a Celery worker; extra arguments go to Celery)."""
     settings = load_settings(config_path)
+    setup_logs(settings, log_format, loglevel)
     from bridge.worker.app import app
 
     queues = queues or ",".join(
@@ -70,22 +95,25 @@ def worker(
         "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
         f"--queues={queues}", "--task-events", *celery_args,
     ]  # fmt: skip
-    app.worker_main(argv)
+    quiet = ["--quiet"] if log_format == "json" else []  # no banner among the JSON lines
+    app.worker_main([*quiet, *argv])
 
 
 @click.command()
 @config_option
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--schedule", default=None, help="Beat's schedule file [default: a temp file].")
-def beat(config_path: Path | None, loglevel: str, schedule: str | None) -> None:
+@log_format_option
+def beat(config_path: Path | None, loglevel: str, schedule: str | None, log_format: str) -> None:
     """Run Celery beat with the health-check and purge schedule built from the routes."""
-    load_settings(config_path)
+    setup_logs(load_settings(config_path), log_format, loglevel)
     import tempfile
 
     from bridge.worker.app import app
 
     schedule = schedule or str(Path(tempfile.gettempdir()) / f"bridge-beat-{os.getuid()}")
-    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+    quiet = ["--quiet"] if log_format == "json" else []
+    app.start([*quiet, "beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
 
 
 @click.command()
@@ -200,7 +228,11 @@ def purge(config_path: Path | None, route: str, yes: bool) -> None:
 @config_option
 @click.option("--host", default=None, help="Address [default: BRIDGE_WEBHOOK_HOST, 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [default: BRIDGE_WEBHOOK_PORT, 8081].")
-def webhooks(config_path: Path | None, host: str | None, port: int | None) -> None:
+@click.option("--log-level", default="INFO", show_default=True, help="Python log level.")
+@log_format_option
+def webhooks(
+    config_path: Path | None, host: str | None, port: int | None, log_level: str, log_format: str
+) -> None:
     """Run the webhook receiver (mode 'webhook'): it wakes trackers, nothing more."""
     import asyncio
 
@@ -210,6 +242,7 @@ def webhooks(config_path: Path | None, host: str | None, port: int | None) -> No
     from bridge.ingress.webhooks import create_receiver
 
     settings = load_settings(config_path)
+    setup_logs(settings, log_format, log_level, celery=False)
     host = host or settings.webhook_host
     port = port if port is not None else settings.webhook_port
 
