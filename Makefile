@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create or update the virtual environment (.venv)
 
-demo: $(STAMP) ## Run the main job on embedded defaults (emulator + tour)
+demo: $(STAMP) ## Run the main job on embedded defaults: emulator, Redis, worker, beat, a tour
+	@scripts/ensure-redis
 	$(BIN)/bridge demo
 
 test: $(STAMP) ## Lint, type-check and run every test (finds or starts Redis itself)

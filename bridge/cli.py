@@ -80,10 +80,17 @@ def emulator(
 @main.command()
 @click.option("--port", type=int, default=8000, show_default=True, help="Preferred port.")
 def demo(port: int) -> None:
-    """Run a short guided tour on embedded defaults (starts its own emulator)."""
+    """Start the emulator, Redis (found or private), a worker and beat; tour both doors."""
     from bridge.demo import run_demo
+    from bridge.errors import BridgeError
 
-    run_demo(port=port)
+    try:
+        run_demo(port=port)
+    except BridgeError as exc:  # the demo's own checks, or a part that could not start
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: everything the demo started was stopped", err=True)
+        sys.exit(130)
 
 
 def _register() -> None:
