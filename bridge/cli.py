@@ -95,8 +95,9 @@ def demo(port: int) -> None:
 
 def _register() -> None:
     from bridge.commands import COMMANDS
+    from bridge.probe import ping
 
-    for command in COMMANDS:
+    for command in [*COMMANDS, ping]:
         main.add_command(command)
 
 

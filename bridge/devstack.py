@@ -219,6 +219,7 @@ def running_stack(
     beat: bool = True,
     health_interval_s: float = 1.0,
     log_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
     progress: Progress = _quiet,
 ) -> Iterator[Stack]:
     """Redis, a worker and (with ``beat``) beat on the emulator at ``emulator_url``;
@@ -230,6 +231,7 @@ def running_stack(
         beat: also run beat (health checks every ``health_interval_s``).
         log_args: extra options for ``bridge worker`` and ``bridge beat``
             (e.g. ``("--log-format", "json")``).
+        extra_env: more environment for the processes (e.g. ``RUNPOD_API_KEY``).
         progress: called with a line of text at each step.
     """
     tag = f"demo-{uuid.uuid4().hex[:8]}"
@@ -238,7 +240,8 @@ def running_stack(
         workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix=f"{tag}-")))
         settings = stack_settings(tag, server.url, emulator_url, health_interval_s)
         node = f"{tag}@{socket.gethostname()}"
-        stack = Stack(tag, settings, stack_env(settings), workdir, node, server)
+        stack = Stack(tag, settings, {**stack_env(settings), **(extra_env or {})}, workdir,
+                      node, server)  # fmt: skip
         cleanup.callback(stack.remove_keys)
         cleanup.callback(stack.stop)
         stack.start(
