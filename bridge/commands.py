@@ -181,14 +181,17 @@ def health(config_path: Path | None, route: str | None, live: bool) -> None:
         route_config(settings, name)
     client = JsonDoorClient(settings)
     table = Table("route", "endpoint", "age", "in queue", "in progress", "done", "failed",
-                  "workers (idle/running)", "warnings")  # fmt: skip
+                  "workers (idle/running)", "breaker", "warnings")  # fmt: skip
     for name in names:
         try:
             snap = client.health(name, live=live)
         except ConfigError as exc:  # --live: no API key for the route
             raise click.ClickException(str(exc)) from None
         if snap is None:
-            table.add_row(name, settings.routes[name].endpoint_id, "-", *["-"] * 5, "no snapshot")
+            breaker = client.breaker(settings.routes[name].endpoint_id)
+            table.add_row(
+                name, settings.routes[name].endpoint_id, "-", *["-"] * 5, breaker, "no snapshot"
+            )
             continue
         jobs = (snap.get("health") or {}).get("jobs") or {}
         workers = (snap.get("health") or {}).get("workers") or {}
@@ -197,7 +200,8 @@ def health(config_path: Path | None, route: str | None, live: bool) -> None:
         table.add_row(
             name, snap["endpoint_id"], age, *(str(jobs.get(k, "-")) for k in
             ("inQueue", "inProgress", "completed", "failed")),
-            f"{workers.get('idle', '-')}/{workers.get('running', '-')}", warnings,
+            f"{workers.get('idle', '-')}/{workers.get('running', '-')}",
+            client.breaker(snap["endpoint_id"]), warnings,
         )  # fmt: skip
     Console().print(table)
 

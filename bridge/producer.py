@@ -126,6 +126,16 @@ class JsonDoorClient:
         raw = self.redis.get(f"{self.prefix}:health:{route}")
         return json.loads(raw) if raw else None
 
+    def breaker(self, endpoint_id: str) -> str:
+        """The endpoint's circuit breaker state as the workers share it."""
+        raw: Any = self.redis.hgetall(f"{self.prefix}:breaker:{endpoint_id}")
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        state = str(fields.get("state", "closed"))
+        opened = float(fields.get("opened", 0) or 0)
+        if state == "open" and time.time() - opened >= self.settings.breaker_open_s:
+            state = "half_open"
+        return state
+
     def purge(self, route: str) -> dict[str, Any]:
         """Purge the endpoint's queue and tell the workers to re-read their jobs."""
         result = self._endpoint(route).purge_queue(timeout=10)

@@ -41,16 +41,26 @@ class RouteConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    endpoint_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    base_url: str = Field("https://api.runpod.ai/v2", pattern=r"^https?://")
+    endpoint_id: str = Field(
+        min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="the endpoint's id"
+    )
+    base_url: str = Field(
+        "https://api.runpod.ai/v2",
+        pattern=r"^https?://",
+        description="queue API base: RunPod's, or an emulator's http://HOST:PORT/v2",
+    )
     api_key_env: str | None = Field("RUNPOD_API_KEY", description="variable holding the key")
     api_key_file: Path | None = Field(None, description="file holding the key (wins)")
-    mode: Mode = "poll"
+    mode: Mode = Field("poll", description="how its jobs are followed, unless a request says")
     policy: dict[str, Any] | None = Field(None, description="default RunPod policy")
     queue: str = Field("bridge", min_length=1, description="Celery queue of its requests")
     max_in_flight: int = Field(1000, ge=1, description="jobs in flight before holding back")
-    budgets: dict[str, int] = Field(default_factory=lambda: dict(RUNPOD_BUDGETS))
-    budget_window_s: float = Field(10.0, gt=0)
+    budgets: dict[str, int] = Field(
+        default_factory=lambda: dict(RUNPOD_BUDGETS),
+        description="requests per operation per window, shared by all workers (RunPod's "
+        "limits); an operation left out has no budget",
+    )
+    budget_window_s: float = Field(10.0, gt=0, description="the budgets' window")
     health_interval_s: float | None = Field(
         30.0, ge=0, description="0 (a TOML file has no None) or None: no health checks"
     )
@@ -58,13 +68,21 @@ class RouteConfig(BaseModel):
     purge_crontab: str | None = Field(None, description="or on this crontab (5 fields)")
     result_ttl_s: int = Field(86_400, ge=1, description="how long final results are kept")
     reply_ttl_s: int = Field(3_600, ge=1, description="how long reply lists are kept")
-    delivery: Delivery = "at_least_once"
+    delivery: Delivery = Field(
+        "at_least_once",
+        description="a worker died between sending /run and recording the job id: send "
+        "again, or fail to the dead letters",
+    )
     submit_attempts: int = Field(5, ge=1, description="tries of POST /run before failing")
-    max_payload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_payload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="larger JSON-door messages are REJECTED"
+    )
     long_poll_below: int = Field(
         200, ge=0, description="hold status requests while fewer jobs than this are in flight"
     )
-    webhook_safety_poll_s: float = Field(30.0, gt=0)
+    webhook_safety_poll_s: float = Field(
+        30.0, gt=0, description="mode webhook: the slow poll behind the webhook"
+    )
     default_emulator_key: bool = Field(
         False, description="fall back to the emulator's development key (built-in routes)"
     )
@@ -113,20 +131,26 @@ class BridgeSettings(BaseSettings):
     result_backend: str | None = Field(None, description="Celery results; default redis_url")
     emulator_url: str = Field("http://127.0.0.1:8000", description="for the default routes")
     requests_stream: str = Field("bridge:requests", description="the JSON door's stream")
-    consumer_group: str = "bridge"
-    dlq_stream: str = "bridge:dlq"
+    consumer_group: str = Field("bridge", description="the JSON door's consumer group")
+    dlq_stream: str = Field("bridge:dlq", description="dead letters, each with its reason")
     key_prefix: str = Field("bridge", description="prefix of every Redis key we write")
     default_queue: str = Field("bridge", description="Celery queue of tasks without a route")
-    default_route: str | None = None
+    default_route: str | None = Field(None, description="(not used yet)")
     webhook_url: str | None = Field(
         None, description="public base URL of the webhook receiver (webhook mode)"
     )
-    webhook_host: str = "127.0.0.1"
-    webhook_port: int = Field(8081, ge=0, le=65535)
-    submit_timeout_s: float = Field(30.0, gt=0)
+    webhook_host: str = Field("127.0.0.1", description="where `bridge webhooks` listens")
+    webhook_port: int = Field(8081, ge=0, le=65535, description="its port")
+    submit_timeout_s: float = Field(
+        30.0, gt=0, description="a task's limit for recording and handing over its request"
+    )
     visibility_timeout_s: int = Field(
         300, gt=0, description="Redis broker: an unacknowledged task is redelivered after this"
     )
+    breaker_threshold: int = Field(
+        10, ge=1, description="consecutive endpoint failures that open it"
+    )
+    breaker_open_s: float = Field(30.0, gt=0, description="how long it stays open before a probe")
     lease_ttl_s: float = Field(
         15.0, gt=0, description="a silent worker's requests are adopted after this"
     )
@@ -134,7 +158,9 @@ class BridgeSettings(BaseSettings):
     stale_entry_s: float = Field(
         30.0, gt=0, description="JSON-door entries unacked this long are re-read"
     )
-    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    routes: dict[str, RouteConfig] = Field(
+        default_factory=dict, description="by name; none: echo, stream, fail on the emulator"
+    )
 
     @property
     def broker(self) -> str:

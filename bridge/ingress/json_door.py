@@ -30,6 +30,11 @@ log = logging.getLogger("bridge.json_door")
 
 Accept = Callable[[Request], Awaitable[str]]
 Reject = Callable[[Rejection, dict[bytes, bytes]], Awaitable[None]]
+RouteOpen = Callable[[str], Awaitable[float]]
+
+
+class _Deferred(Exception):
+    """The route's endpoint is down (breaker open): leave the entry in the stream."""
 
 
 def to_request(envelope: Envelope, settings: BridgeSettings) -> Request:
@@ -86,6 +91,7 @@ class JsonDoor:
         accept: Accept,
         reject: Reject,
         backlog: Callable[[], int],
+        route_open: RouteOpen | None = None,
         max_backlog: int = 1000,
         batch: int = 100,
         block_ms: int = 1000,
@@ -99,6 +105,7 @@ class JsonDoor:
         self._accept = accept
         self._reject = reject
         self._backlog = backlog
+        self._route_open = route_open
         self.max_backlog = max_backlog
         self.batch = batch
         self.block_ms = block_ms
@@ -175,6 +182,8 @@ class JsonDoor:
         parsed = parse_payload(fields.get(b"payload"), max_bytes=self.max_bytes)
         try:
             await self._dispatch(parsed, fields)
+        except _Deferred:
+            return  # unacknowledged: read again once stale (see _claim_stale)
         except RequestRejected as exc:
             await self._reject(
                 Rejection(exc.reason, exc.message, exc.request_id, _reply(parsed)), fields
@@ -188,7 +197,10 @@ class JsonDoor:
             state = await self.ledger.request_cancel(parsed.id)
             log.info("cancel for request %s (%s)", parsed.id, state)
         else:
-            await self._accept(to_request(parsed, self.settings))
+            request = to_request(parsed, self.settings)
+            if self._route_open is not None and await self._route_open(request.route) > 0:
+                raise _Deferred(request.route)
+            await self._accept(request)
 
 
 def _entries(replies: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -25,9 +25,11 @@ async def check_health(service: BridgeService, route_name: str) -> dict[str, Any
         "endpoint_id": route.config.endpoint_id,
         "at": time.time(),
     }
+    breakers = service.breakers
     try:
         health = await route.plain.health(timeout=10)
     except RunpodError as exc:
+        await breakers.record(route.config.endpoint_id, False)
         snapshot.update(ok=False, error=str(exc), warnings=["endpoint unreachable"])
         log.warning(
             "route %s: endpoint %s unreachable: %s", route_name, route.config.endpoint_id, exc
@@ -43,7 +45,12 @@ async def check_health(service: BridgeService, route_name: str) -> dict[str, Any
             warnings.append(f"{workers['unhealthy']} worker(s) unhealthy")
         for warning in warnings:
             log.warning("route %s: %s", route_name, warning)
+        await breakers.record(route.config.endpoint_id, True)  # the probe of an open breaker
         snapshot.update(ok=True, health=health, warnings=warnings)
+    breaker = await breakers.get(route.config.endpoint_id)
+    snapshot["breaker"] = breaker.state
+    if breaker.state != "closed":
+        snapshot["warnings"] = [*snapshot["warnings"], f"circuit breaker {breaker.state}"]
     await service.redis.set(
         health_key(service.settings.key_prefix, route_name), json.dumps(snapshot)
     )

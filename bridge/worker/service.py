@@ -22,6 +22,7 @@ from bridge.ingress.envelope import Rejection
 from bridge.ingress.json_door import JsonDoor
 from bridge.runpod.http_client import ClientSession
 from bridge.settings import BridgeSettings
+from bridge.worker.breaker import Breakers
 from bridge.worker.budget import Budgets, Limit, budget_trace_config
 from bridge.worker.ledger import Ledger
 from bridge.worker.model import REJECTED, Outcome, Request
@@ -71,6 +72,12 @@ class BridgeService:
                 ):
                     mine[op] = limit
         self.budgets = Budgets(self.redis, limits, settings.key_prefix)
+        self.breakers = Breakers(
+            self.redis,
+            settings.key_prefix,
+            threshold=settings.breaker_threshold,
+            open_s=settings.breaker_open_s,
+        )
         self.session = ClientSession(trace_configs=[budget_trace_config(self.budgets)])
         self.results = CeleryResults(self.celery_app) if self.celery_app else None
         self.tracker = Tracker(
@@ -81,6 +88,7 @@ class BridgeService:
             progress=self.progress,
             owner=self.owner,
             webhook_url=settings.webhook_url,
+            breakers=self.breakers,
         )
         self.pubsub = self.redis.pubsub()
         await self.pubsub.subscribe(self.ledger.cancel_channel, self.ledger.wake_channel)
@@ -95,6 +103,7 @@ class BridgeService:
                 accept=self.tracker.accept,
                 reject=self.reject_entry,
                 backlog=self.tracker.backlog,
+                route_open=self.route_open,
             )
             self._tasks.append(asyncio.create_task(self.json_door.run(), name="bridge-json-door"))
 
@@ -148,6 +157,14 @@ class BridgeService:
         if self.results is not None and request.continuation is not None:
             endpoint_id = route.endpoint_id if route else ""
             await self.results.finish(request.continuation, outcome, request.id, endpoint_id)
+
+    async def route_open(self, route: str) -> float:
+        """Seconds until ``route``'s endpoint breaker lets work through (0: it does)."""
+        config = self.settings.routes.get(route)
+        if config is None:
+            return 0.0
+        state = await self.breakers.get(config.endpoint_id)
+        return state.retry_in(self.breakers.open_s, time.time())
 
     async def recover(self, limit: int = 1000) -> int:
         """Adopt requests whose worker's lease expired and follow them here."""

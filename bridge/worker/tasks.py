@@ -45,6 +45,12 @@ def run(
     """Submit ``input`` to ``route``'s endpoint. ``AsyncResult.get()`` returns the job's
     output, or raises JobFailed / JobCancelled / JobTimedOut / RequestRejected."""
     req = self.request
+    runtime = Runtime.get(self.app)
+    service = runtime.service
+    if route and (wait := runtime.loop.call(service.route_open(route), timeout=10)) > 0:
+        # The endpoint is down: hand the message back to the broker for later, chain and
+        # all (before we take them over below), instead of burning its retries.
+        raise self.retry(countdown=wait, max_retries=None)
     continuation = Continuation(
         task_id=req.id,
         root_id=req.root_id,
@@ -55,8 +61,6 @@ def run(
     )
     # Celery would run these now; the tracker runs them when the job has ended.
     req.chain = req.callbacks = req.errbacks = None
-    runtime = Runtime.get(self.app)
-    service = runtime.service
     settings: BridgeSettings = service.settings
     fields = {
         "id": request_id, "route": route, "endpoint_id": endpoint_id, "input": input,

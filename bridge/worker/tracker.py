@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from redis.exceptions import RedisError
 
 from bridge.errors import (
     ConnectError,
@@ -40,6 +41,7 @@ from bridge.errors import (
 )
 from bridge.runpod import AsyncioEndpoint, AsyncioJob, PollPolicy
 from bridge.settings import BridgeSettings, RouteConfig
+from bridge.worker.breaker import Breakers
 from bridge.worker.ledger import Ledger
 from bridge.worker.model import (
     CANCELLED,
@@ -130,11 +132,13 @@ class Tracker:
         progress: Progress,
         owner: str,
         webhook_url: str | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.owner = owner
         self.webhook_url = webhook_url
+        self.breakers = breakers
         self._finish = finish
         self._progress = progress
         self.routes = {
@@ -282,6 +286,8 @@ class Tracker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if isinstance(exc, ServerError | TransportError):
+                    await self._endpoint_answered(route.config.endpoint_id, False)
                 failures += 1
                 pause = min(30.0, 0.25 * 2**failures)
                 log.warning("request %s: %s: %s; resuming in %.1f s", request.id,
@@ -382,14 +388,18 @@ class Tracker:
         route = self._route(request)
         history: list[str] = []
         for attempt in range(1, route.submit_attempts + 1):
+            if await self._wait_breaker(tracked):
+                return Outcome(CANCELLED, reason="cancelled", message="cancelled before submission")
             try:
                 tracked.job = await self._submit(request, endpoint)
+                await self._endpoint_answered(route.endpoint_id, True)
                 return None
             except (ConnectError, RateLimitedError) as exc:
                 history.append(f"{time.time():.3f} {type(exc).__name__}: {exc}")
                 error: RunpodError = exc
             except (ServerError, TransportError) as exc:
                 history.append(f"{time.time():.3f} {type(exc).__name__}: {exc}")
+                await self._endpoint_answered(route.endpoint_id, False)
                 if route.delivery == "at_most_once":
                     await self.ledger.count("ambiguous_dead_lettered")
                     return Outcome(
@@ -416,6 +426,34 @@ class Tracker:
             message=f"submitting failed {route.submit_attempts} times; last error: {error}",
             history=history,
         )
+
+    async def _wait_breaker(self, tracked: Tracked) -> bool:
+        """Wait while the endpoint's breaker is open; True if a cancel came meanwhile."""
+        if self.breakers is None:
+            return False
+        endpoint_id = self._route(tracked.request).endpoint_id
+        while True:
+            state = await self.breakers.get(endpoint_id)
+            if state.state == "closed" or tracked.wants_cancel():
+                break
+            if state.state == "half_open" and await self.breakers.try_probe(endpoint_id):
+                break  # we are the probe: our outcome closes or reopens the breaker
+            pause = state.retry_in(self.breakers.open_s, time.time())
+            await asyncio.sleep(min(max(pause, 0.2), 2.0))
+        return tracked.wants_cancel()
+
+    async def _endpoint_answered(self, endpoint_id: str, ok: bool) -> None:
+        """Feed the breaker; a success costs a Redis call only when it changes something."""
+        if self.breakers is None:
+            return
+        try:
+            if ok:
+                state = await self.breakers.get(endpoint_id)
+                if state.state == "closed" and state.failures == 0:
+                    return
+            await self.breakers.record(endpoint_id, ok)
+        except (RedisError, OSError) as exc:  # best effort: never stop a request for it
+            log.debug("breaker of %s not updated: %s", endpoint_id, exc)
 
     async def _observe_start(self, tracked: Tracked) -> None:
         """Notice when a queued job starts running (a held wait only reports its end):

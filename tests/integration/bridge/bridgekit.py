@@ -34,7 +34,15 @@ class Setup:
         return dict(Counter(pipe.execute()))
 
 
-def make_setup(emulator: EmulatorHandle, redis_url: str, log: Path, **route_changes: Any) -> Setup:
+def make_setup(
+    emulator: EmulatorHandle,
+    redis_url: str,
+    log: Path,
+    settings: dict[str, str] | None = None,
+    **route_changes: Any,
+) -> Setup:
+    """A worker's environment and settings on its own keys; ``settings`` adds BRIDGE_*
+    values, ``route_changes`` changes the ``echo`` route."""
     tag = uuid.uuid4().hex[:8]
     overrides = {
         "redis_url": redis_url,
@@ -45,6 +53,7 @@ def make_setup(emulator: EmulatorHandle, redis_url: str, log: Path, **route_chan
         "default_queue": f"rt-{tag}",
         "lease_ttl_s": "3",
         "recovery_interval_s": "0.5",
+        **(settings or {}),
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "RUNPOD_"))}
     env.update({f"BRIDGE_{k.upper()}": v for k, v in overrides.items()})
