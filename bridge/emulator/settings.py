@@ -125,38 +125,57 @@ class EmulatorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BRIDGE_EMULATOR_", extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on (else: needs api_keys)")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on; 0: any free port")
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted keys (env: comma-separated)"
     )
-    allow_dev_key: bool = True
+    allow_dev_key: bool = Field(
+        True, description="accept rp-emulator-dev-key while no api_keys are set (loopback only)"
+    )
 
-    templates: list[TemplateConfig] = Field(default_factory=_builtin_templates)
-    endpoints: list[EndpointConfig] = Field(default_factory=_builtin_endpoints)
+    templates: list[TemplateConfig] = Field(
+        default_factory=_builtin_templates, description="[[templates]]: imageName is the handler"
+    )
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=_builtin_endpoints, description="[[endpoints]], with RunPod's fields"
+    )
 
-    rate_limits_enabled: bool = True
-    rate_limits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
-    rate_window_s: float = Field(10.0, gt=0)
+    rate_limits_enabled: bool = Field(
+        True, description="answer 429 (with Retry-After) past the rate limits"
+    )
+    rate_limits: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS),
+        description="requests per window, per operation, endpoint and key (RunPod's)",
+    )
+    rate_window_s: float = Field(10.0, gt=0, description="the rate limits' window")
 
-    run_max_bytes: int = 10 * 1024 * 1024
-    runsync_max_bytes: int = 20 * 1024 * 1024
-    run_retention_s: float = Field(1800.0, ge=0)
-    runsync_retention_s: float = Field(60.0, ge=0)
-    runsync_default_wait_ms: int = Field(90_000, ge=0)
-    status_sync_default_wait_ms: int = Field(90_000, ge=0)
-    max_wait_ms: int = Field(300_000, ge=0)
+    run_max_bytes: int = Field(10 * 1024 * 1024, description="largest /run body (413 above)")
+    runsync_max_bytes: int = Field(20 * 1024 * 1024, description="largest /runsync body")
+    run_retention_s: float = Field(
+        1800.0, ge=0, description="how long a /run job's result is kept after it ends"
+    )
+    runsync_retention_s: float = Field(60.0, ge=0, description="the same for /runsync jobs")
+    runsync_default_wait_ms: int = Field(
+        90_000, ge=0, description="how long /runsync holds when no ?wait= is given"
+    )
+    status_sync_default_wait_ms: int = Field(90_000, ge=0, description="the same for /status-sync")
+    max_wait_ms: int = Field(300_000, ge=0, description="the longest ?wait= honoured")
 
     cold_start_ms: int = Field(1000, ge=0, description="a new simulated worker's start time")
     flashboot_cold_start_ms: int = Field(0, ge=0, description="the same with FlashBoot on")
-    scale_tick_s: float = Field(0.25, gt=0)
+    scale_tick_s: float = Field(0.25, gt=0, description="how often the autoscaler decides")
 
     job_take_hold_s: float = Field(30.0, ge=0, description="long-poll of job-take/job-stop")
     worker_dead_after_s: float = Field(60.0, gt=0, description="silence before a worker is dead")
 
-    webhook_attempts: int = Field(3, ge=1)
-    webhook_retry_interval_s: float = Field(10.0, ge=0)
-    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_attempts: int = Field(
+        3, ge=1, description="deliveries of a webhook, the first included"
+    )
+    webhook_retry_interval_s: float = Field(
+        10.0, ge=0, description="pause between webhook deliveries"
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="timeout of one webhook delivery")
 
     @field_validator("api_keys", mode="before")
     @classmethod

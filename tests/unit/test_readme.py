@@ -1,5 +1,6 @@
-"""The README's bridge section stays true to the code: the envelope's JSON Schema is the
-generated one, and its redis-cli examples are envelopes the JSON door accepts."""
+"""The README stays true to the code: the envelope's JSON Schema and the configuration
+reference are the generated ones, and its redis-cli examples are envelopes the JSON door
+accepts. (tests/integration/test_readme.py runs its snippets.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bridge import docs
+from bridge.emulator.settings import EmulatorSettings
 from bridge.ingress.envelope import CancelMessage, Envelope, parse_payload
+from bridge.settings import BridgeSettings, RouteConfig
 from bridge.worker.model import FINAL_STATES
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -44,3 +48,31 @@ def test_reply_table_names_every_final_status(readme: str) -> None:
     section = readme.split("## The bridge worker", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^\| `([A-Z_]+)` \|", section, re.MULTILINE))
     assert listed == FINAL_STATES
+
+
+def test_configuration_reference_is_the_generated_one(readme: str) -> None:
+    block = docs.current(readme)
+    assert block is not None, "the configuration reference block is missing from README.md"
+    assert block == docs.reference(), (
+        "README.md's configuration reference is stale: run `.venv/bin/python -m bridge.docs`"
+    )
+
+
+@pytest.mark.parametrize("model", [BridgeSettings, RouteConfig, EmulatorSettings])
+def test_every_setting_says_what_it_is(model: type[BridgeSettings]) -> None:
+    silent = [name for name, info in model.model_fields.items() if not info.description]
+    assert silent == [], f"{model.__name__}: give these fields a description: {silent}"
+
+
+def test_reference_renders_types_defaults_and_variables() -> None:
+    reference = docs.reference()
+    assert "| `redis_url` | `BRIDGE_REDIS_URL` | `str` | `redis://127.0.0.1:6379/0` |" in reference
+    assert (
+        "| `mode` | `BRIDGE_ROUTES__<NAME>__MODE` | `poll \\| stream \\| sync \\| webhook` |"
+        in (reference)
+    )
+    assert (
+        "| `endpoint_id` | `BRIDGE_ROUTES__<NAME>__ENDPOINT_ID` | `str` (not empty) | required |"
+        in (reference)
+    )
+    assert "| `port` | `BRIDGE_EMULATOR_PORT` | `int` (≥ 0, ≤ 65535) | `8000` |" in reference

@@ -1,0 +1,164 @@
+"""The README's configuration reference, generated from the settings models.
+
+``python -m bridge.docs`` rewrites the block between the markers in README.md;
+``python -m bridge.docs --check`` exits 1 when it is stale (tests/unit/test_readme.py
+fails then too). Every field's type, default and description come from
+:class:`~bridge.settings.BridgeSettings`, :class:`~bridge.settings.RouteConfig` and
+:class:`~bridge.emulator.settings.EmulatorSettings`, so the tables cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from bridge.emulator.settings import EmulatorSettings
+from bridge.settings import BridgeSettings, RouteConfig
+
+BEGIN = (
+    "<!-- config-reference: generated from the settings models by `python -m bridge.docs`; "
+    "tests/unit/test_readme.py fails when it differs -->"
+)
+END = "<!-- /config-reference -->"
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def render_type(annotation: Any) -> str:
+    """A type as a reader wants it: ``int``, ``str | None``, ``poll | stream``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(render_type(a) for a in args)
+    if origin is typing.Annotated:
+        return render_type(args[0])
+    if origin is not None:
+        inner = ", ".join(render_type(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if annotation is type(None):
+        return "None"
+    if annotation is SecretStr:
+        return "secret"
+    return str(getattr(annotation, "__name__", annotation))
+
+
+def render_bounds(info: FieldInfo) -> str:
+    words = []
+    for item in info.metadata:
+        if isinstance(item, Ge):
+            words.append(f"≥ {item.ge}")
+        if isinstance(item, Gt):
+            words.append(f"> {item.gt}")
+        if isinstance(item, Le):
+            words.append(f"≤ {item.le}")
+        if isinstance(item, Lt):
+            words.append(f"< {item.lt}")
+        if isinstance(item, MinLen) and item.min_length > 0:
+            words.append("not empty")
+        if isinstance(item, MaxLen):
+            words.append(f"≤ {item.max_length} chars")
+    return ", ".join(words)
+
+
+def render_default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    value = info.default
+    if value is PydanticUndefined and info.default_factory is not None:
+        value = info.default_factory()  # type: ignore[call-arg]  # ours take no arguments
+    if value is None:
+        return "none"
+    if isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+        return "built-in: " + ", ".join(f"`{getattr(v, 'id', v)}`" for v in value)
+    if isinstance(value, list | dict) and not value:
+        return "empty"
+    if isinstance(value, str):
+        return f"`{value}`"
+    return f"`{json.dumps(value, default=str)}`"
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def rows(model: type[BaseModel], env: str | None) -> Iterator[str]:
+    for name, info in model.model_fields.items():
+        kind = render_type(info.annotation)
+        bounds = render_bounds(info)
+        variable = f"`{env}{name.upper()}`" if env is not None else ""
+        fields = [f"`{name}`", variable, f"`{kind}`" + (f" ({bounds})" if bounds else ""),
+                  render_default(info), info.description or ""]  # fmt: skip
+        yield "| " + " | ".join(cell(f) for f in fields) + " |"
+
+
+def table(model: type[BaseModel], env: str | None) -> list[str]:
+    header = "| field | environment | type | default | what |"
+    return [header, "|---|---|---|---|---|", *rows(model, env)]
+
+
+def reference() -> str:
+    """The whole generated block, markers included."""
+    bridge_env = str(BridgeSettings.model_config.get("env_prefix", ""))
+    nested = BridgeSettings.model_config.get("env_nested_delimiter")
+    emulator_env = str(EmulatorSettings.model_config.get("env_prefix", ""))
+    route_env = f"{bridge_env}ROUTES{nested}<NAME>{nested}"
+    lines = [
+        BEGIN,
+        "",
+        f"**Bridge** (`bridge worker`, `beat`, `webhooks` and the other commands): "
+        f"`{bridge_env}<FIELD>` variables, or top-level keys of the routes file "
+        "(`--config` / `BRIDGE_CONFIG`).",
+        "",
+        *table(BridgeSettings, bridge_env),
+        "",
+        "**A route**: one `[routes.NAME]` table of the routes file, or the whole set as JSON in "
+        f"`{bridge_env}ROUTES`, or one field at a time as `{route_env}<FIELD>`.",
+        "",
+        *table(RouteConfig, route_env),
+        "",
+        f"**Emulator** (`bridge emulator`): `{emulator_env}<FIELD>` variables (lists "
+        "comma-separated or JSON), or the `[server]` table of its TOML file (`--config`, "
+        "see `config/emulator.toml` for templates and endpoints).",
+        "",
+        *table(EmulatorSettings, emulator_env),
+        "",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def current(readme: str) -> str | None:
+    """The block as README.md has it now (None when the markers are missing)."""
+    start = readme.find(BEGIN)
+    end = readme.find(END, start)
+    return readme[start : end + len(END)] if start >= 0 and end >= 0 else None
+
+
+def main(argv: list[str]) -> int:
+    text = README.read_text(encoding="utf-8")
+    block = current(text)
+    if block is None:
+        print(f"README.md has no {BEGIN!r} … {END!r} block", file=sys.stderr)
+        return 1
+    if "--check" in argv:
+        stale = block != reference()
+        print("README.md's configuration reference is stale" if stale else "up to date")
+        return int(stale)
+    README.write_text(text.replace(block, reference()), encoding="utf-8")
+    print("README.md's configuration reference regenerated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,162 @@
+"""Every shell and Python snippet of README.md runs, as a reader would run it, against a
+real emulator, Redis, bridge worker and beat (started here, as ``bridge demo`` does).
+
+A block preceded by ``<!-- not run: why -->`` is skipped (container commands, processes
+that run until stopped, ``make test`` itself); every other ``sh``/``python`` block must
+exit 0. Only what a user changes is changed: the emulator's address (it listens on a
+free port), the Redis the commands use, names that would collide with a concurrent run
+(the request stream, reply lists), the client examples' placeholders (``your-api-key``,
+``your-endpoint-id``, ``your-template-id``: the README says how to fill them in for
+the emulator) and their 5-10 s monitoring sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bridge.devstack import Stack, running_stack
+from bridge.emulator.settings import EmulatorSettings, EndpointConfig, TemplateConfig
+from bridge.emulator.testing import EmulatorHandle, running_emulator
+
+pytestmark = pytest.mark.integration
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+RUNNABLE = {"sh", "bash", "shell", "python"}
+FENCE = re.compile(r"^```(?P<lang>\w*)[^\n]*\n(?P<code>.*?)^```[ \t]*$", re.M | re.S)
+NOT_RUN = re.compile(r"<!-- not run: (?P<why>.+?) -->\n$")
+SHELL_PRELUDE = """set -euo pipefail
+redis-cli() { command redis-cli -u "$BRIDGE_REDIS_URL" "$@"; }
+"""
+
+# What a block's output must show, keyed by a piece of the block; each must match a block.
+EXPECT = {
+    "BLPOP replies:req-1": r'"status":"COMPLETED","output":\{"prompt":"hi"\}',
+    'app.send_task("bridge.run"': r"\{'prompt': 'hi'\}[\s\S]*cancelled:[\s\S]*\[\{'n': 1\}\]",
+    "/v2/echo/runsync": r'"status":\s*"COMPLETED"',
+    'run_sync({"prompt": "A beautiful sunset"}': r"'image_url': 'https://images\.example/",
+    "runpod.create_endpoint(": r"Created endpoint: \S+\n[\s\S]*image-generation-endpoint - ",
+    "Generated image URL": r"Generated image URL: https://[\s\S]*Job status: COMPLETED",
+    "process_multiple_jobs": r"Job 3 completed: \{'image_url'",
+    "Streaming output": r"Once upon a time, Generate a long story lived\.[\s\S]*Stream completed",
+    "A complex 3D render": r"Job completed successfully: \{'image_url'",
+    "bridge health ": r"│ echo",
+    "bridge submit echo": r"COMPLETED[\s\S]*chunk 0",
+    "bridge dlq list": r"dead letter\(s\)",
+}
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int
+    lang: str
+    code: str
+    not_run: str | None
+
+    @property
+    def id(self) -> str:
+        return f"line{self.line}-{self.lang}"
+
+
+def readme_blocks() -> list[Block]:
+    text = README.read_text(encoding="utf-8")
+    blocks = []
+    for match in FENCE.finditer(text):
+        if match["lang"] not in RUNNABLE:
+            continue
+        marker = NOT_RUN.search(text[: match.start()][-300:])
+        line = text.count("\n", 0, match.start()) + 1
+        blocks.append(Block(line, match["lang"], match["code"], marker["why"] if marker else None))
+    return blocks
+
+
+BLOCKS = readme_blocks()
+
+
+def test_every_not_run_marker_stands_right_before_a_block() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert text.count("<!-- not run:") == sum(1 for b in BLOCKS if b.not_run)
+    assert sum(1 for b in BLOCKS if not b.not_run) >= 10
+
+
+def test_every_expectation_belongs_to_a_block_that_runs() -> None:
+    for piece in EXPECT:
+        assert any(piece in b.code for b in BLOCKS if not b.not_run), f"no block has {piece!r}"
+
+
+@dataclass
+class Setting:
+    emulator: EmulatorHandle
+    stack: Stack
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def setting(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting]:
+    """The emulator (its built-in endpoints plus ``sdxl`` and ``story``, the stand-ins for
+    the client examples' models), a worker and beat, and a reader's environment."""
+    defaults = EmulatorSettings()
+    fast = {"workersMax": 10, "scalerType": "REQUEST_COUNT", "scalerValue": 1}
+    templates = [*defaults.templates, TemplateConfig(id="sdxl", imageName="readme_handlers:image"),
+                 TemplateConfig(id="story", imageName="readme_handlers:story")]  # fmt: skip
+    endpoints = [*defaults.endpoints, EndpointConfig(id="sdxl", templateId="sdxl", **fast),
+                 EndpointConfig(id="story", templateId="story", **fast)]  # fmt: skip
+    with (
+        running_emulator(templates=templates, endpoints=endpoints, webhook_attempts=1) as emu,
+        running_stack(emu.url, redis_url=redis_url, health_interval_s=1.0) as stack,
+    ):
+        env = dict(stack.env)
+        env.update(
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            RUNPOD_ENDPOINT_BASE_URL=emu.base_url,
+            RUNPOD_API_BASE_URL=emu.url,
+            RUNPOD_API_KEY=emu.api_key,
+            HOME=str(tmp_path_factory.mktemp("home")),
+        )
+        yield Setting(emu, stack, env)
+
+
+def as_a_reader_runs_it(block: Block, setting: Setting) -> str:
+    code = block.code
+    host_port = setting.emulator.url.removeprefix("http://")
+    code = code.replace("127.0.0.1:8000", host_port)
+    code = code.replace("bridge:requests", setting.stack.settings.requests_stream)
+    code = code.replace("replies:", f"{setting.stack.tag}-replies:")
+    if block.lang == "python":
+        endpoint = "story" if ".stream()" in code else "sdxl"
+        code = code.replace("your-api-key", setting.emulator.api_key)
+        code = code.replace("your-endpoint-id", endpoint).replace("your-template-id", "sdxl")
+        code = code.replace("https://your-app.com/", f"{setting.emulator.url}/nowhere/")
+        code = re.sub(r"time\.sleep\((5|10)\)", "time.sleep(0.05)", code)
+    return code
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        pytest.param(b, id=b.id, marks=[pytest.mark.skip(reason=b.not_run)] if b.not_run else [])
+        for b in BLOCKS
+    ],
+)
+def test_readme_block_runs(block: Block, setting: Setting) -> None:
+    code = as_a_reader_runs_it(block, setting)
+    if block.lang == "python":
+        argv = [sys.executable, "-c", code]
+    else:
+        argv = ["bash", "-c", SHELL_PRELUDE + code]
+    result = subprocess.run(
+        argv, env=setting.env, capture_output=True, text=True, timeout=90,
+        cwd=README.parent, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"README.md line {block.line} failed:\n{code}\n---\n{output}"
+    for piece, pattern in EXPECT.items():
+        if piece in block.code:
+            assert re.search(pattern, output), f"line {block.line}: {pattern!r} not in:\n{output}"
