@@ -1,6 +1,6 @@
 """The README stays true to the code: the envelope's JSON Schema and the configuration
 reference are the generated ones, and its redis-cli examples are envelopes the JSON door
-accepts. (tests/integration/test_readme.py runs its snippets.)"""
+accepts. (tests/integration/test_readme_snippets.py runs its snippets.)"""
 
 from __future__ import annotations
 
