@@ -24,7 +24,7 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9:_.\-]{1,200}$")
 class Policy(BaseModel):
     """RunPod's per-job policy, in milliseconds (``executionTimeout``, ``ttl``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "yes" is not a boolean
 
     executionTimeout: int | None = Field(None, gt=0)
     lowPriority: bool | None = None
@@ -48,7 +48,7 @@ class Envelope(BaseModel):
         deadline_s: give up (cancel, ``TIMED_OUT``) after this many seconds.
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
     type: Literal["request"] = "request"
     id: str | None = Field(None, pattern=REQUEST_ID.pattern)

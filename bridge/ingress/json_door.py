@@ -69,6 +69,17 @@ def to_request(envelope: Envelope, settings: BridgeSettings) -> Request:
     )
 
 
+def check_size(size: int, request: Request, settings: BridgeSettings) -> None:
+    """Refuse a request larger than its route allows (RequestRejected)."""
+    limit = settings.routes[request.route].max_payload_bytes
+    if size > limit:
+        raise RequestRejected(
+            f"request is {size} bytes; route {request.route!r} takes at most {limit}",
+            "payload_too_large",
+            request.id,
+        )
+
+
 class JsonDoor:
     """Consumes the request stream for this process.
 
@@ -198,6 +209,7 @@ class JsonDoor:
             log.info("cancel for request %s (%s)", parsed.id, state)
         else:
             request = to_request(parsed, self.settings)
+            check_size(len(fields.get(b"payload") or b""), request, self.settings)
             if self._route_open is not None and await self._route_open(request.route) > 0:
                 raise _Deferred(request.route)
             await self._accept(request)

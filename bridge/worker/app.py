@@ -57,7 +57,7 @@ def create_app(settings: BridgeSettings | None = None) -> Celery:
     def route_task(name: str, args: Any, kwargs: Any, options: Any, **_: Any) -> Any:
         if name == "bridge.run":
             route = (kwargs or {}).get("route") or (args[0] if args else None)
-            if route in queues:
+            if isinstance(route, str) and route in queues:
                 return {"queue": queues[route]}
         return None
 

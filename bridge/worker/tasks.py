@@ -8,7 +8,9 @@ job (Celery alone only forgets tasks that have not started).
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from typing import Any
 
 import redis
@@ -17,8 +19,8 @@ from celery.worker import control
 from pydantic import ValidationError
 
 from bridge.errors import RequestRejected
-from bridge.ingress.envelope import Envelope, describe
-from bridge.ingress.json_door import to_request
+from bridge.ingress.envelope import REPLY_KEY, REQUEST_ID, Envelope, describe
+from bridge.ingress.json_door import check_size, to_request
 from bridge.settings import BridgeSettings
 from bridge.worker import periodic
 from bridge.worker.app import Runtime
@@ -41,13 +43,19 @@ def run(
     s3_config: dict[str, Any] | None = None,
     deadline_s: float | None = None,
     endpoint_id: str | None = None,
+    *unexpected_args: Any,
+    **unexpected: Any,
 ) -> str:
     """Submit ``input`` to ``route``'s endpoint. ``AsyncResult.get()`` returns the job's
-    output, or raises JobFailed / JobCancelled / JobTimedOut / RequestRejected."""
+    output, or raises JobFailed / JobCancelled / JobTimedOut / RequestRejected.
+
+    Wrong arguments never fail the task itself: the request is answered REJECTED (reply
+    list, dead letter, and the error from ``get()``)."""
     req = self.request
     runtime = Runtime.get(self.app)
     service = runtime.service
-    if route and (wait := runtime.loop.call(service.route_open(route), timeout=10)) > 0:
+    route_name = route if isinstance(route, str) else ""
+    if route_name and (wait := runtime.loop.call(service.route_open(route_name), timeout=10)) > 0:
         # The endpoint is down: hand the message back to the broker for later, chain and
         # all (before we take them over below), instead of burning its retries.
         raise self.retry(countdown=wait, max_retries=None)
@@ -67,19 +75,28 @@ def run(
         "reply_to": reply_to, "mode": mode, "policy": policy, "webhook": webhook,
         "s3Config": s3_config, "deadline_s": deadline_s,
     }  # fmt: skip
+    safe_id = (
+        request_id if isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id) else None
+    )
     request = Request(
-        id=request_id or req.id,
-        route=route or "",
+        id=safe_id or req.id,
+        route=route_name,
         input=input if isinstance(input, dict) else {},
         mode=mode or "poll",
-        reply_to=reply_to if isinstance(reply_to, str) else None,
+        reply_to=_valid(reply_to, REPLY_KEY),
         continuation=continuation,
     )
     try:
+        if unexpected_args or unexpected:
+            extra = [*sorted(unexpected), *(["extra positional arguments"] * bool(unexpected_args))]
+            raise RequestRejected(
+                f"unexpected argument(s): {', '.join(extra)}", "invalid_arguments", request.id
+            )
         envelope = Envelope.model_validate({k: v for k, v in fields.items() if v is not None})
         request = to_request(envelope, settings)
-        request.id = request_id or req.id
+        request.id = safe_id or req.id
         request.continuation = continuation
+        check_size(len(json.dumps(request.body())), request, settings)
         return runtime.loop.call(service.tracker.accept(request), timeout=settings.submit_timeout_s)
     except ValidationError as exc:
         error = RequestRejected(describe(exc), "invalid_arguments", request.id)
@@ -87,6 +104,10 @@ def run(
         error = exc
     runtime.loop.call(service.reject_request(request, error), timeout=settings.submit_timeout_s)
     return "rejected"
+
+
+def _valid(value: Any, pattern: re.Pattern[str]) -> str | None:
+    return value if isinstance(value, str) and pattern.fullmatch(value) else None
 
 
 @shared_task(name="bridge.health", bind=True)

@@ -1,0 +1,166 @@
+"""Bad input never crashes a worker: a corpus of malformed requests through both doors,
+and a property test throwing arbitrary JSON and bytes at the JSON door. Every message
+is answered (when it names a reply list) and dead-lettered, and good requests behind
+them still complete."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from celery.exceptions import TimeoutError as CeleryTimeout
+from conftest import Bridge, MakeBridge
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.emulator.testing import wait_until
+from bridge.errors import RequestRejected
+
+LIMIT = 2048  # the route's max_payload_bytes in this module
+
+
+@pytest.fixture(scope="module")
+def small(make_bridge: MakeBridge) -> Bridge:
+    changes = {"max_payload_bytes": LIMIT}
+    return make_bridge(routes={name: changes for name in ("echo", "stream", "fail")})
+
+
+def envelope_variants(reply_to: str) -> list[tuple[Any, str]]:
+    """(payload, expected reason) — each a way an envelope can be wrong."""
+    good: dict[str, Any] = {"route": "echo", "input": {"x": 1}, "reply_to": reply_to}
+    bad_fields: list[tuple[str, Any]] = [
+        ("input", "text"), ("input", 3), ("input", [1]), ("input", None), ("input", True),
+        ("route", 7), ("route", ""), ("route", ["echo"]), ("mode", "fast"), ("mode", 1),
+        ("policy", "high"), ("policy", {"ttl": -1}), ("policy", {"executionTimeout": "1s"}),
+        ("policy", {"unknown": 1}), ("policy", {"lowPriority": "yes"}), ("webhook", "ftp://x"),
+        ("webhook", 12), ("s3Config", "bucket"), ("deadline_s", -1), ("deadline_s", "soon"),
+        ("deadline_s", 10**9), ("id", ""), ("id", "has space"), ("id", "x" * 300),
+        ("id", 42), ("type", "delete"), ("extra", 1), ("endpoint_id", 5),
+    ]  # fmt: skip
+    cases: list[tuple[Any, str]] = []
+    for name, value in bad_fields:
+        cases.append(({**good, name: value}, "invalid_envelope"))
+    cases += [
+        ({k: v for k, v in good.items() if k != "input"}, "invalid_envelope"),
+        ({k: v for k, v in good.items() if k != "route"}, "invalid_envelope"),
+        ({**good, "mode": "webhook", "webhook": "https://x.example"}, "invalid_envelope"),
+        ({**good, "route": "nope"}, "unknown_route"),
+        ({**good, "route": None, "endpoint_id": "nowhere"}, "unknown_endpoint"),
+        ({**good, "input": {"blob": "x" * LIMIT}}, "payload_too_large"),
+        ({**good, "mode": "webhook"}, "webhook_unavailable"),
+    ]
+    return cases
+
+
+RAW = [  # no readable reply list: dead-lettered only
+    b"", b"{", b"}", b"[]", b"null", b"42", b'"text"', b"\xff\xfe", b"{'single': 1}",
+    b'{"route": "echo", "input": {}, "reply_to": "has space"}', b"[" * 100_000,
+    b'{"input": {"n": 1' + b"0" * 5000 + b"}}", b"\x00\x01\x02", b'{"route": "echo"',
+    "¿qué?".encode("latin-1"), b'{"a": NaN}',
+]  # fmt: skip
+
+
+def send_raw(bridge: Bridge, payload: bytes | None) -> None:
+    fields = {"payload": payload} if payload is not None else {"other": b"field"}
+    bridge.redis.xadd(bridge.settings.requests_stream, fields)  # type: ignore[arg-type]
+
+
+def test_malformed_corpus_through_the_json_door(small: Bridge) -> None:
+    dlq = small.settings.dlq_stream
+    before = small.redis.xlen(dlq)
+    reply_to = f"{small.settings.key_prefix}:corpus"
+    cases = envelope_variants(reply_to)
+    for payload, _ in cases:
+        send_raw(small, json.dumps(payload).encode())
+    for payload in [*RAW, None]:
+        send_raw(small, payload)
+    total = len(cases) + len(RAW) + 1
+    assert total >= 50
+    replies = small.replies(reply_to, timeout=5)
+    while len(replies) < len(cases):
+        more = small.replies(reply_to, timeout=30)
+        assert more, f"{len(replies)} of {len(cases)} answered"
+        replies += more
+    assert [(r["status"], r["reason"]) for r in replies] == [
+        ("REJECTED", reason) for _, reason in cases
+    ]
+    assert all(r["message"] for r in replies)
+    wait_until(lambda: small.redis.xlen(dlq) - before == total, timeout=30)
+    _, good = small.producer.send("echo", {"still": "alive"})
+    assert small.result(good)["status"] == "COMPLETED"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"route": "echo", "input": "text"},
+        {"route": "echo", "input": {}, "mode": "fast"},
+        {"route": "nope", "input": {}},
+        {"route": 5, "input": {}},
+        {"route": ["echo"], "input": {}},
+        {"input": {}},
+        {"route": "echo", "input": {}, "policy": {"ttl": "x"}},
+        {"route": "echo", "input": {}, "deadline_s": -3},
+        {"route": "echo", "input": {}, "bogus": True},
+        {"route": "echo", "input": {}, "request_id": 12},
+        {"route": "echo", "input": {}, "reply_to": "has space"},
+        {"route": "echo", "input": {"blob": "y" * LIMIT}},
+    ],
+)
+def test_bad_celery_arguments_are_rejected(small: Bridge, kwargs: dict[str, Any]) -> None:
+    before = small.redis.xlen(small.settings.dlq_stream)
+    result = small.app.send_task("bridge.run", kwargs=kwargs)
+    with pytest.raises(RequestRejected) as info:
+        result.get(timeout=30)
+    assert info.value.reason in {"invalid_arguments", "unknown_route", "payload_too_large"}
+    wait_until(lambda: small.redis.xlen(small.settings.dlq_stream) == before + 1, timeout=10)
+
+
+def test_bad_positional_arguments_are_rejected(small: Bridge) -> None:
+    result = small.app.send_task("bridge.run", args=["echo", {}, "poll", *range(20)])
+    with pytest.raises(RequestRejected, match="unexpected argument"):
+        result.get(timeout=30)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(route=json_values, job_input=json_values, mode=json_values, extra=json_values)
+def test_any_json_envelope_gets_exactly_one_reply(
+    small: Bridge, route: Any, job_input: Any, mode: Any, extra: Any
+) -> None:
+    reply_to = f"{small.settings.key_prefix}:prop:{uuid.uuid4().hex}"
+    envelope = {"route": route, "input": job_input, "mode": mode, "reply_to": reply_to}
+    if extra is not None:
+        envelope["policy"] = extra
+    send_raw(small, json.dumps(envelope).encode())
+    replies = small.replies(reply_to, timeout=30)
+    assert len(replies) == 1 or replies[-1]["type"] == "result"
+    assert replies[-1]["status"] in {"REJECTED", "COMPLETED", "FAILED"}
+    assert small.replies(reply_to, timeout=0.2) == []  # exactly one final reply
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(payload=st.binary(max_size=300))
+def test_any_bytes_are_dead_lettered_and_the_door_goes_on(small: Bridge, payload: bytes) -> None:
+    dlq = small.settings.dlq_stream
+    before = small.redis.xlen(dlq)
+    send_raw(small, payload)
+    try:
+        wait_until(lambda: small.redis.xlen(dlq) == before + 1, timeout=10)
+    except AssertionError:  # it could only be a valid request if it parsed as one
+        assert json.loads(payload).get("input") is not None
+    _ = CeleryTimeout  # the door must still answer a good request afterwards
+    _, good = small.producer.send("echo", {"after": len(payload)})
+    assert small.result(good)["status"] == "COMPLETED"
