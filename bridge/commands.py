@@ -72,6 +72,9 @@ def route_config(settings: Any, name: str) -> Any:
 @click.option("--concurrency", "-c", default=4, show_default=True, help="Celery slots.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--queues", "-Q", default=None, help="Queues [default: every route's queue].")
+@click.option(
+    "--metrics-port", type=int, default=None, help="Serve Prometheus metrics [default: off]."
+)
 @log_format_option
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
@@ -80,10 +83,13 @@ def worker(
     concurrency: int,
     loglevel: str,
     queues: str | None,
+    metrics_port: int | None,
     log_format: str,
     celery_args: tuple[str, ...],
 ) -> None:
     """Run a bridge worker (a Celery worker; extra arguments go to Celery)."""
+    if metrics_port is not None:
+        os.environ["BRIDGE_METRICS_PORT"] = str(metrics_port)  # the Celery app reads it
     settings = load_settings(config_path)
     setup_logs(settings, log_format, loglevel)
     from bridge.worker.app import app

@@ -144,6 +144,9 @@ class BridgeSettings(BaseSettings):
     submit_timeout_s: float = Field(
         30.0, gt=0, description="a task's limit for recording and handing over its request"
     )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve Prometheus metrics on this port (worker)"
+    )
     visibility_timeout_s: int = Field(
         300, gt=0, description="Redis broker: an unacknowledged task is redelivered after this"
     )

@@ -17,6 +17,7 @@ from celery import Celery, signals
 from celery.schedules import crontab
 
 from bridge.settings import BridgeSettings
+from bridge.worker import metrics
 from bridge.worker.runtime import LoopThread
 from bridge.worker.service import BridgeService
 
@@ -95,6 +96,8 @@ class Runtime:
         self.loop.start()
         self.service = BridgeService(settings, celery)
         self.loop.call(self.service.start(), timeout=30)
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_port)
 
     @classmethod
     def get(cls, celery: Celery | None = None) -> Runtime:

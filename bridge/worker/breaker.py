@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from bridge.worker import metrics
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 _RECORD = """
@@ -89,7 +91,9 @@ class Breakers:
             args=["success" if ok else "failure", self._clock(), self.threshold, self.open_s],
         )
         self._cache.pop(endpoint_id, None)
-        return state.decode() if isinstance(state, bytes) else str(state)
+        text = state.decode() if isinstance(state, bytes) else str(state)
+        metrics.BREAKER.labels(endpoint_id).set(metrics.BREAKER_VALUES.get(text, 0))
+        return text
 
     async def get(self, endpoint_id: str) -> BreakerState:
         now = self._clock()

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from bridge.errors import RunpodError
+from bridge.worker import metrics
 from bridge.worker.service import BridgeService
 
 log = logging.getLogger("bridge.periodic")
@@ -46,6 +47,7 @@ async def check_health(service: BridgeService, route_name: str) -> dict[str, Any
         for warning in warnings:
             log.warning("route %s: %s", route_name, warning)
         await breakers.record(route.config.endpoint_id, True)  # the probe of an open breaker
+        metrics.observe_health(route_name, health)
         snapshot.update(ok=True, health=health, warnings=warnings)
     breaker = await breakers.get(route.config.endpoint_id)
     snapshot["breaker"] = breaker.state

@@ -22,6 +22,7 @@ from bridge.ingress.envelope import Rejection
 from bridge.ingress.json_door import JsonDoor
 from bridge.runpod.http_client import ClientSession
 from bridge.settings import BridgeSettings
+from bridge.worker import metrics
 from bridge.worker.breaker import Breakers
 from bridge.worker.budget import Budgets, Limit, budget_trace_config
 from bridge.worker.ledger import Ledger
@@ -78,7 +79,9 @@ class BridgeService:
             threshold=settings.breaker_threshold,
             open_s=settings.breaker_open_s,
         )
-        self.session = ClientSession(trace_configs=[budget_trace_config(self.budgets)])
+        self.session = ClientSession(
+            trace_configs=[budget_trace_config(self.budgets), metrics.http_trace_config()]
+        )
         self.results = CeleryResults(self.celery_app) if self.celery_app else None
         self.tracker = Tracker(
             settings,
@@ -140,6 +143,10 @@ class BridgeService:
         if not won:
             log.info("request %s was already finished elsewhere", request.id)
             return
+        metrics.observe_final(
+            request.route, request.mode, outcome.status, outcome.reason, outcome.job,
+            time.time() - request.accepted_at,
+        )  # fmt: skip
         if outcome.reason in DEAD_LETTER_REASONS:
             await self.dead_letter(
                 reason=outcome.reason or "",
@@ -249,6 +256,7 @@ class BridgeService:
             "at": f"{time.time():.3f}",
         }
         await self.redis.xadd(self.settings.dlq_stream, entry, maxlen=100_000, approximate=True)
+        metrics.DEAD_LETTERS.labels(reason).inc()
 
     # -- cancels and wake-ups ------------------------------------------------------------
 

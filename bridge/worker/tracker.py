@@ -39,8 +39,10 @@ from bridge.errors import (
     ServerError,
     TransportError,
 )
+from bridge.logs import bind
 from bridge.runpod import AsyncioEndpoint, AsyncioJob, PollPolicy
 from bridge.settings import BridgeSettings, RouteConfig
+from bridge.worker import metrics
 from bridge.worker.breaker import Breakers
 from bridge.worker.ledger import Ledger
 from bridge.worker.model import (
@@ -176,7 +178,10 @@ class Tracker:
         claim = await self.ledger.claim(
             request.id, request.route, request.to_record(), self.owner, task_id
         )
+        door = "celery" if request.continuation else "json"
+        metrics.REQUESTS.labels(door, request.route).inc()
         if not claim.new:
+            metrics.DEDUP.labels(door).inc()
             return "duplicate"
         tracked = Tracked(request)
         self.active[request.id] = tracked
@@ -253,6 +258,9 @@ class Tracker:
     ) -> None:
         request = tracked.request
         route = self.routes[request.route]
+        task_id = request.continuation.task_id if request.continuation else None
+        # Every line logged for this request (this asyncio task) carries its ids.
+        bind(request_id=request.id, task_id=task_id, route=request.route, job_id=job_id)
         try:
             route.waiting += 1
             try:
@@ -260,10 +268,12 @@ class Tracker:
             finally:
                 route.waiting -= 1
             route.in_flight += 1
+            metrics.IN_FLIGHT.labels(route.name).inc()
             try:
                 await self._run_with_retries(tracked, route, resume, job_id)
             finally:
                 route.in_flight -= 1
+                metrics.IN_FLIGHT.labels(route.name).dec()
                 route.slots.release()
         finally:
             self.active.pop(request.id, None)
@@ -313,6 +323,7 @@ class Tracker:
         endpoint = route.endpoint_for(request.mode)
         if resume == "submitted" and job_id:
             tracked.job = endpoint.job(job_id)
+            bind(job_id=job_id)
         else:
             try:
                 outcome = await self._submit_once(tracked, endpoint, resume)
@@ -392,6 +403,8 @@ class Tracker:
                 return Outcome(CANCELLED, reason="cancelled", message="cancelled before submission")
             try:
                 tracked.job = await self._submit(request, endpoint)
+                bind(job_id=tracked.job.job_id)
+                metrics.SUBMITTED.labels(request.route).inc()
                 await self._endpoint_answered(route.endpoint_id, True)
                 return None
             except (ConnectError, RateLimitedError) as exc:
@@ -410,6 +423,7 @@ class Tracker:
                         history=history,
                     )
                 await self.ledger.count("ambiguous_resubmits")
+                metrics.AMBIGUOUS.labels(request.route).inc()
                 error = exc
             except RunpodError as exc:
                 history.append(f"{time.time():.3f} {type(exc).__name__}: {exc}")
@@ -555,6 +569,7 @@ class Tracker:
     async def _cancel(self, tracked: Tracked) -> Outcome:
         job = tracked.job
         assert job is not None
+        metrics.CANCELLATIONS.labels(tracked.request.route).inc()
         try:
             await job.cancel()
         except (JobExpired, NotFoundError):
