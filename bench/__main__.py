@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["emulator_throughput.py", "client_latency.py"]
+BENCHES = ["emulator_throughput.py", "client_latency.py", "bridge_e2e.py"]
 
 
 def main() -> int:
