@@ -281,6 +281,12 @@ class Job:
         """The endpoint the job belongs to."""
         return self._state.target.endpoint_id
 
+    @property
+    def final_status(self) -> dict[str, Any] | None:
+        """The whole status object of the job's final state, as last read (None while it
+        runs): what ``output()`` decided on, with timings, without another request."""
+        return self._state.final
+
     def __repr__(self) -> str:
         return f"Job({self.endpoint_id!r}, {self.job_id!r})"
 

@@ -1,10 +1,10 @@
 """Per-endpoint, per-operation request budgets shared by every worker through Redis.
 
 A route's budget "N requests per W seconds" is a sliding log in Redis: a request may
-go when fewer than 95 % of N requests went in the last W + 0.5 seconds. The margin
-covers the time between taking a slot and the request reaching the endpoint, so a
+go when fewer than 90 % of N requests went in the last W + 1 seconds. The margins
+cover the time between taking a slot and the request reaching the endpoint, so a
 fleet of workers stays under the platform's limit instead of meeting its 429s, while a
-burst of up to 0.95·N requests still goes at once. One Lua call per request, timed by
+burst of up to 0.9·N requests still goes at once. One Lua call per request, timed by
 Redis' own clock, so every process agrees. :func:`budget_trace_config` makes every
 request of the worker's HTTP session wait for its slot.
 """
@@ -52,13 +52,14 @@ class Limit:
 
     @property
     def slots(self) -> int:
-        """Requests we allow ourselves per :attr:`span` (95 %, at least one)."""
-        return max(1, int(self.requests * 0.95))
+        """Requests we allow ourselves per :attr:`span` (90 %, at least one)."""
+        return max(1, int(self.requests * 0.9))
 
     @property
     def span_us(self) -> int:
-        """The window we count over, in microseconds: half a second longer."""
-        return int((self.window + 0.5) * 1_000_000)
+        """The window we count over, in microseconds: one second longer, for requests
+        that reach the endpoint late (a busy event loop, a garbage collection)."""
+        return int((self.window + 1.0) * 1_000_000)
 
 
 class Budgets:

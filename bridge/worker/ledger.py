@@ -90,11 +90,25 @@ return seq
 """
 
 _ORPHANS = """
--- Requests whose owner's lease is gone become ours (at most ARGV[3] per call). Keys are
--- built here from the prefix: the ledger runs on one Redis, not a cluster.
-local prefix, me, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- Requests whose owner's lease is gone become ours (at most ARGV[3] per call). Unless
+-- ARGV[5] is '1' (a full scan), the in-flight sets are only walked when a registered
+-- owner missed its renewals, so a healthy fleet pays one ZRANGEBYSCORE per call. Keys
+-- are built here from the prefix: the ledger runs on one Redis, not a cluster.
+local prefix, me, limit, ttl_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local owners = prefix .. ':owners'
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = {}
+for _, o in ipairs(redis.call('ZRANGEBYSCORE', owners, '-inf', now_ms - ttl_ms)) do
+  if redis.call('EXISTS', prefix .. ':owner:' .. o) == 0 then
+    table.insert(dead, o)
+  end
+end
+if #dead == 0 and ARGV[5] ~= '1' then
+  return {}
+end
 local found = {}
-for i = 4, #ARGV do
+for i = 6, #ARGV do
   local set = prefix .. ':inflight:' .. ARGV[i]
   for _, id in ipairs(redis.call('SMEMBERS', set)) do
     local key = prefix .. ':req:' .. id
@@ -110,6 +124,9 @@ for i = 4, #ARGV do
       end
     end
   end
+end
+for _, o in ipairs(dead) do
+  redis.call('ZREM', owners, o)  -- nothing of theirs is left to adopt
 end
 return found
 """
@@ -284,15 +301,26 @@ class Ledger:
 
     async def renew_lease(self, owner: str, ttl_s: float) -> None:
         """Say this process is alive for ``ttl_s`` more seconds."""
-        await self.redis.set(f"{self.prefix}:owner:{owner}", "1", px=int(ttl_s * 1000))
+        now_ms = int(time.time() * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(f"{self.prefix}:owner:{owner}", "1", px=int(ttl_s * 1000))
+        pipe.zadd(f"{self.prefix}:owners", {owner: now_ms})
+        await pipe.execute()
 
     async def drop_lease(self, owner: str) -> None:
         """Give up our requests now (graceful stop): others take them over at once."""
-        await self.redis.delete(f"{self.prefix}:owner:{owner}")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(f"{self.prefix}:owner:{owner}")
+        pipe.zadd(f"{self.prefix}:owners", {owner: 0})  # dead at once: adopt now
+        await pipe.execute()
 
-    async def adopt_orphans(self, owner: str, routes: list[str], limit: int) -> list[str]:
-        """Take over (atomically) requests whose owner's lease expired; returns their ids."""
-        found = await self._orphans(args=[self.prefix, owner, limit, *routes])
+    async def adopt_orphans(
+        self, owner: str, routes: list[str], limit: int, *, lease_ttl_s: float, full: bool = False
+    ) -> list[str]:
+        """Take over (atomically) requests whose owner's lease expired; returns their ids.
+        Cheap unless some owner missed its renewals, or ``full`` (start-up, the reaper)."""
+        args: list[Any] = [self.prefix, owner, limit, int(lease_ttl_s * 1000), "1" if full else "0"]
+        found = await self._orphans(args=[*args, *routes])
         return [_text(i) for i in found]
 
     async def reopen(self, request_id: str) -> bool:

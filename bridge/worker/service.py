@@ -173,10 +173,13 @@ class BridgeService:
         state = await self.breakers.get(config.endpoint_id)
         return state.retry_in(self.breakers.open_s, time.time())
 
-    async def recover(self, limit: int = 1000) -> int:
-        """Adopt requests whose worker's lease expired and follow them here."""
+    async def recover(self, limit: int = 1000, *, full: bool = False) -> int:
+        """Adopt requests whose worker's lease expired and follow them here (``full``:
+        look at every in-flight request, not only when an owner went silent)."""
         routes = list(self.settings.routes)
-        adopted = await self.ledger.adopt_orphans(self.owner, routes, limit)
+        adopted = await self.ledger.adopt_orphans(
+            self.owner, routes, limit, lease_ttl_s=self.settings.lease_ttl_s, full=full
+        )
         resumed = 0
         for request_id in adopted:
             resumed += await self.tracker.resume(request_id)
@@ -188,11 +191,13 @@ class BridgeService:
         """Renew our lease and adopt orphans, forever; Redis outages are waited out."""
         settings = self.settings
         every = min(settings.lease_ttl_s / 3, settings.recovery_interval_s)
+        full = True  # once at start-up: requests left by owners we never heard of
         while True:
             await asyncio.sleep(every)
             try:
                 await self.ledger.renew_lease(self.owner, settings.lease_ttl_s)
-                await self.recover()
+                await self.recover(full=full)
+                full = False
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal / recovery failed (%s); retrying", exc)
 

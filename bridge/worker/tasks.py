@@ -124,6 +124,13 @@ def purge(self: Task, route: str) -> dict[str, Any]:
     return runtime.loop.call(periodic.purge(runtime.service, route), timeout=60)
 
 
+@shared_task(name="bridge.reap", bind=True)
+def reap(self: Task) -> int:
+    """Adopt and resume the requests of workers whose lease expired; returns how many."""
+    runtime = Runtime.get(self.app)
+    return runtime.loop.call(runtime.service.recover(limit=10_000, full=True), timeout=120)
+
+
 # -- revoke reaches the GPU ------------------------------------------------------------
 
 _celery_revoke = control.Panel.data["revoke"]

@@ -531,7 +531,8 @@ class Tracker:
             return self._expired(tracked)
         except JobError as exc:
             return Outcome.from_job({**exc.job, "id": job.job_id})
-        return await self._look_final(tracked)
+        final = job.final_status  # read by output(): no need to ask again
+        return Outcome.from_job(final) if final else await self._look_final(tracked)
 
     async def _look_final(self, tracked: Tracked) -> Outcome:
         outcome = await self._look(tracked)

@@ -89,7 +89,7 @@ async def test_cancel_by_celery_task_id_reaches_the_request(ledger: Ledger) -> N
     await pubsub.aclose()
 
 
-async def test_budget_allows_95_percent_then_waits(redis_url: str) -> None:
+async def test_budget_allows_90_percent_then_waits(redis_url: str) -> None:
     client = Redis.from_url(redis_url)
     waits: list[float] = []
 
@@ -100,12 +100,12 @@ async def test_budget_allows_95_percent_then_waits(redis_url: str) -> None:
     prefix = f"bt-{uuid.uuid4().hex[:8]}"
     budgets = Budgets(client, {"ep": {"run": Limit(20, 10.0)}}, prefix, sleep=fake_sleep)
     try:
-        for _ in range(19):
+        for _ in range(18):  # 90 % of 20
             assert await budgets.acquire("ep", "run") == 0.0
         assert await budgets.acquire("ep", "health") == 0.0  # no limit configured
         with pytest.raises(asyncio.CancelledError):
             await budgets.acquire("ep", "run")
-        assert 9.0 < waits[0] <= 11.6
+        assert 10.0 < waits[0] <= 11.0 * 1.1  # the window + 1 s, plus up to 10 % jitter
     finally:
         await client.delete(f"{prefix}:budget:ep:run")
         await client.aclose()

@@ -19,6 +19,10 @@ class SyncJob:
         self.job = job
         self.job_id = job.job_id
 
+    @property
+    def final_status(self) -> dict[str, Any] | None:
+        return self.job.final_status
+
     async def status(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.job.status)
 

@@ -20,6 +20,16 @@ async def test_run_then_output(client: Client) -> None:
     assert await job.output() == {"prompt": "hi", "sleep_ms": 20}
 
 
+async def test_final_status_keeps_what_output_read(client: Client) -> None:
+    job = await client.run("echo", {"sleep_ms": 20})
+    assert job.final_status is None
+    await job.output(timeout=10)
+    final = job.final_status
+    assert final is not None
+    assert (final["status"], final["output"]) == ("COMPLETED", {"sleep_ms": 20})
+    assert final["executionTime"] >= 20
+
+
 async def test_run_sync_returns_the_output(client: Client) -> None:
     assert await client.run_sync("echo", {"n": 1}) == {"n": 1}
 

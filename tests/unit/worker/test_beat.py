@@ -23,7 +23,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def settings(**routes: dict[str, Any]) -> BridgeSettings:
     return BridgeSettings(
-        routes={name: RouteConfig(endpoint_id=name, **fields) for name, fields in routes.items()}
+        routes={name: RouteConfig(endpoint_id=name, **fields) for name, fields in routes.items()},
+        reap_interval_s=None,
     )
 
 
@@ -83,6 +84,13 @@ def test_crontab_wins_over_an_interval() -> None:
 def test_nothing_scheduled_when_nothing_is_configured() -> None:
     assert beat_schedule(settings(a={"health_interval_s": None}, b={"health_interval_s": 0})) == {}
     assert beat_schedule(BridgeSettings(routes={})) == {}
+
+
+def test_reaper_runs_when_there_are_routes() -> None:
+    config = BridgeSettings(routes={"a": RouteConfig(endpoint_id="a")}, reap_interval_s=20)
+    entry = beat_schedule(config)["bridge-reap"]
+    assert (entry["task"], entry["schedule"]) == ("bridge.reap", timedelta(seconds=20))
+    assert "bridge-reap" not in beat_schedule(BridgeSettings(routes={}, reap_interval_s=20))
 
 
 def test_the_app_carries_the_schedule_without_connecting() -> None:
