@@ -229,7 +229,7 @@ class AsyncioEndpoint:
         return AsyncioJob._attach(flows.JobState(self._target, job_id), self._driver)
 
 
-class AsyncioJob:
+class AsyncioJob(flows.JobView):
     """A job of a queue endpoint, asyncio flavour.
 
     Args:
@@ -259,25 +259,6 @@ class AsyncioJob:
         job = cls.__new__(cls)
         job._state, job._driver = state, driver
         return job
-
-    @property
-    def job_id(self) -> str:
-        """The job's id."""
-        return self._state.job_id
-
-    @property
-    def endpoint_id(self) -> str:
-        """The endpoint the job belongs to."""
-        return self._state.target.endpoint_id
-
-    @property
-    def final_status(self) -> dict[str, Any] | None:
-        """The whole status object of the job's final state, as last read (None while it
-        runs): what ``output()`` decided on, with timings, without another request."""
-        return self._state.final
-
-    def __repr__(self) -> str:
-        return f"AsyncioJob({self.endpoint_id!r}, {self.job_id!r})"
 
     async def status(self) -> dict[str, Any]:
         """The job's whole status object, freshly read (``status``, ``output``, ``error``,

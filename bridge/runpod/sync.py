@@ -241,7 +241,7 @@ class Endpoint:
         return Job._attach(flows.JobState(self._target, job_id), self._driver)
 
 
-class Job:
+class Job(flows.JobView):
     """A job of a queue endpoint, blocking flavour.
 
     Args:
@@ -270,25 +270,6 @@ class Job:
         job = cls.__new__(cls)
         job._state, job._driver = state, driver
         return job
-
-    @property
-    def job_id(self) -> str:
-        """The job's id."""
-        return self._state.job_id
-
-    @property
-    def endpoint_id(self) -> str:
-        """The endpoint the job belongs to."""
-        return self._state.target.endpoint_id
-
-    @property
-    def final_status(self) -> dict[str, Any] | None:
-        """The whole status object of the job's final state, as last read (None while it
-        runs): what ``output()`` decided on, with timings, without another request."""
-        return self._state.final
-
-    def __repr__(self) -> str:
-        return f"Job({self.endpoint_id!r}, {self.job_id!r})"
 
     def status(self) -> dict[str, Any]:
         """The job's whole status object, freshly read (``status``, ``output``, ``error``,
