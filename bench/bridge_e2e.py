@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 import redis
+from _common import free_port, wait_listening
 from celery import Celery
 
 KEY = "bench-key"
@@ -63,23 +64,6 @@ WORKER_ARGS = ["--without-mingle", "--without-gossip"]
 
 
 # -- processes and /proc ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not start")
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _common import free_port, wait_listening
 
 import bridge.runpod as ours
 from bridge.runpod.http_client import ClientSession
@@ -42,23 +42,6 @@ from bridge.runpod.http_client import ClientSession
 KEY = "bench-key"
 JOB_MS = 50
 TARGET_MS = JOB_MS + 25
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"emulator on port {port} did not start")
 
 
 def official_sdk() -> Any:
