@@ -22,7 +22,7 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -71,11 +71,22 @@ class Tracked:
 
     request: Request
     job: AsyncioJob | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _waiter: asyncio.Future[None] | None = None
     cancel_asked: bool = False
     purge_seen: bool = False
     last_state: str | None = None
     task: asyncio.Task[None] | None = None
+
+    def wake_up(self) -> None:
+        """Interrupt the current wait (a cancel, a webhook, a purge)."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def arm(self) -> asyncio.Future[None]:
+        """A fresh future for :meth:`wake_up` to resolve (a future, not a task per
+        request: 10,000 jobs in flight should not cost 10,000 more tasks)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
 
     def wants_cancel(self) -> bool:
         """Read through a method: other coroutines set the flag while we wait."""
@@ -201,7 +212,7 @@ class Tracker:
         if tracked is None:
             return False
         tracked.cancel_asked = True
-        tracked.wake.set()
+        tracked.wake_up()
         return True
 
     def wake(self, request_id: str, *, purged: bool = False) -> bool:
@@ -209,7 +220,7 @@ class Tracker:
         if tracked is None:
             return False
         tracked.purge_seen = tracked.purge_seen or purged
-        tracked.wake.set()
+        tracked.wake_up()
         return True
 
     def wake_route(self, route: str, *, purged: bool = False) -> int:
@@ -494,9 +505,8 @@ class Tracker:
         while True:
             if tracked.wants_cancel():
                 return await self._cancel(tracked)
-            tracked.wake.clear()
+            woken = tracked.arm()
             watcher = asyncio.create_task(self._watch(tracked))
-            woken = asyncio.create_task(tracked.wake.wait())
             try:
                 done, _ = await asyncio.wait({watcher, woken}, return_when=asyncio.FIRST_COMPLETED)
             finally:  # also when we are cancelled: leave no task behind
