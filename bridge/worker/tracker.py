@@ -508,7 +508,8 @@ class Tracker:
             woken = tracked.arm()
             watcher = asyncio.create_task(self._watch(tracked))
             try:
-                done, _ = await asyncio.wait({watcher, woken}, return_when=asyncio.FIRST_COMPLETED)
+                either: set[asyncio.Future[Any]] = {watcher, woken}
+                done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             finally:  # also when we are cancelled: leave no task behind
                 woken.cancel()
                 if not watcher.done():
