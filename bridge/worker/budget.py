@@ -1,7 +1,7 @@
 """Per-endpoint, per-operation request budgets shared by every worker through Redis.
 
 A route's budget "N requests per W seconds" is a sliding log in Redis: a request may
-go when fewer than 90 % of N requests went in the last W + 1 seconds. The margins
+go when fewer than 90 % of N requests went in the last W + 3 seconds. The margins
 cover the time between taking a slot and the request reaching the endpoint, so a
 fleet of workers stays under the platform's limit instead of meeting its 429s, while a
 burst of up to 0.9·N requests still goes at once. One Lua call per request, timed by
@@ -57,9 +57,10 @@ class Limit:
 
     @property
     def span_us(self) -> int:
-        """The window we count over, in microseconds: one second longer, for requests
-        that reach the endpoint late (a busy event loop, a garbage collection)."""
-        return int((self.window + 1.0) * 1_000_000)
+        """The window we count over, in microseconds: three seconds longer, for requests
+        that reach the endpoint late (a busy event loop, a garbage collection; with
+        10,000 jobs in flight a one-second margin still let a few hundred 429s through)."""
+        return int((self.window + 3.0) * 1_000_000)
 
 
 class Budgets:
