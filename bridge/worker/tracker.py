@@ -18,29 +18,24 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from redis.exceptions import RedisError
 
 from bridge.errors import (
-    ConnectError,
     JobError,
     JobExpired,
     NotFoundError,
-    RateLimitedError,
     RequestRejected,
     RunpodError,
     ServerError,
     TransportError,
 )
 from bridge.logs import bind
-from bridge.runpod import AsyncioEndpoint, AsyncioJob, PollPolicy
+from bridge.runpod import AsyncioJob
 from bridge.settings import BridgeSettings, RouteConfig
 from bridge.worker import metrics
 from bridge.worker.breaker import Breakers
@@ -48,78 +43,17 @@ from bridge.worker.ledger import Ledger
 from bridge.worker.model import (
     CANCELLED,
     EXPIRED,
-    FAILED,
     REJECTED,
     TIMED_OUT,
     Outcome,
     Request,
 )
+from bridge.worker.submission import Progress, Submitter
+from bridge.worker.tracked import NotOurs, RouteRuntime, Tracked
 
 log = logging.getLogger("bridge.tracker")
 
 Finisher = Callable[[Request, Outcome], Awaitable[None]]
-Progress = Callable[[Request, str, dict[str, Any]], Awaitable[None]]
-
-
-class _NotOurs(Exception):
-    """The ledger says another process submits (or submitted) this request."""
-
-
-@dataclass
-class Tracked:
-    """One request this process is following."""
-
-    request: Request
-    job: AsyncioJob | None = None
-    _waiter: asyncio.Future[None] | None = None
-    cancel_asked: bool = False
-    purge_seen: bool = False
-    last_state: str | None = None
-    task: asyncio.Task[None] | None = None
-
-    def wake_up(self) -> None:
-        """Interrupt the current wait (a cancel, a webhook, a purge)."""
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def arm(self) -> asyncio.Future[None]:
-        """A fresh future for :meth:`wake_up` to resolve (a future, not a task per
-        request: 10,000 jobs in flight should not cost 10,000 more tasks)."""
-        self._waiter = asyncio.get_running_loop().create_future()
-        return self._waiter
-
-    def wants_cancel(self) -> bool:
-        """Read through a method: other coroutines set the flag while we wait."""
-        return self.cancel_asked
-
-
-class RouteRuntime:
-    """A route's clients and its in-flight cap."""
-
-    def __init__(self, name: str, config: RouteConfig, session: aiohttp.ClientSession):
-        self.name = name
-        self.config = config
-        key = config.api_key().get_secret_value()
-        common: dict[str, Any] = {"api_key": key, "base_url": config.base_url}
-        self.held = AsyncioEndpoint(config.endpoint_id, session, **common)
-        self.plain = AsyncioEndpoint(
-            config.endpoint_id, session, poll=PollPolicy(long_poll=False, cap=5.0), **common
-        )
-        self.safety = AsyncioEndpoint(
-            config.endpoint_id,
-            session,
-            poll=PollPolicy(long_poll=False, first=config.webhook_safety_poll_s, factor=1.0,
-                            cap=config.webhook_safety_poll_s),
-            **common,
-        )  # fmt: skip
-        self.slots = asyncio.Semaphore(config.max_in_flight)
-        self.in_flight = 0
-        self.waiting = 0
-
-    def endpoint_for(self, mode: str) -> AsyncioEndpoint:
-        if mode == "webhook":
-            return self.safety
-        return self.held if self.in_flight < self.config.long_poll_below else self.plain
 
 
 class Tracker:
@@ -152,6 +86,10 @@ class Tracker:
         self.owner = owner
         self.webhook_url = webhook_url
         self.breakers = breakers
+        self.submitter = Submitter(
+            settings, ledger, owner=owner, progress=progress, breakers=breakers,
+            webhook_url=webhook_url,
+        )  # fmt: skip
         self._finish = finish
         self._progress = progress
         self.routes = {
@@ -308,7 +246,7 @@ class Tracker:
                 raise
             except Exception as exc:
                 if isinstance(exc, ServerError | TransportError):
-                    await self._endpoint_answered(route.config.endpoint_id, False)
+                    await self.submitter.endpoint_answered(route.config.endpoint_id, False)
                 failures += 1
                 pause = min(30.0, 0.25 * 2**failures)
                 log.warning("request %s: %s: %s; resuming in %.1f s", request.id,
@@ -337,8 +275,8 @@ class Tracker:
             bind(job_id=job_id)
         else:
             try:
-                outcome = await self._submit_once(tracked, endpoint, resume)
-            except _NotOurs:
+                outcome = await self.submitter.submit_once(tracked, endpoint, resume)
+            except NotOurs:
                 return None
             if outcome is not None:
                 return outcome
@@ -364,122 +302,6 @@ class Tracker:
             if observer is not None:
                 observer.cancel()
 
-    async def _submit_once(
-        self, tracked: Tracked, endpoint: AsyncioEndpoint, resume: str | None
-    ) -> Outcome | None:
-        """Send the job unless the ledger says it was (maybe) sent; None once submitted."""
-        request = tracked.request
-        if resume == "submitting":  # we died between sending /run and recording its id
-            if self._route(request).delivery == "at_most_once":
-                await self.ledger.count("ambiguous_dead_lettered")
-                return Outcome(
-                    FAILED,
-                    reason="ambiguous",
-                    message="the worker stopped after sending the job and before recording "
-                    "its id; the route is at_most_once, so it is not sent again",
-                )
-            await self.ledger.reopen(request.id)
-            await self.ledger.count("ambiguous_resubmits")
-            log.warning("request %s: ambiguous submit, sending again (at_least_once)", request.id)
-        state, cancel = await self.ledger.mark_submitting(request.id, self.owner)
-        if state != "ok":
-            log.info("request %s is %s elsewhere; not submitting", request.id, state)
-            raise _NotOurs(state)
-        if cancel or tracked.wants_cancel():
-            return Outcome(CANCELLED, reason="cancelled", message="cancelled before submission")
-        outcome = await self._send(tracked, endpoint)
-        if outcome is not None:
-            return outcome
-        job = tracked.job
-        assert job is not None
-        _, cancel = await self.ledger.mark_submitted(request.id, job.job_id)
-        await self._progress(request, "IN_QUEUE", {"job_id": job.job_id, "route": request.route})
-        tracked.cancel_asked = tracked.cancel_asked or cancel
-        return None
-
-    async def _send(self, tracked: Tracked, endpoint: AsyncioEndpoint) -> Outcome | None:
-        """POST the job, trying again after failures within the route's rules.
-
-        A refusal that proves the endpoint did not take the job (connection refused,
-        429) is simply tried again. A 5xx or a broken connection is ambiguous: the job
-        may exist. ``at_least_once`` sends again (counted: a duplicate is possible),
-        ``at_most_once`` gives up with reason ``ambiguous``. Any other error (400, 401,
-        413 …) is final. After ``submit_attempts`` the request fails (``submit_failed``).
-        """
-        request = tracked.request
-        route = self._route(request)
-        history: list[str] = []
-        for attempt in range(1, route.submit_attempts + 1):
-            if await self._wait_breaker(tracked):
-                return Outcome(CANCELLED, reason="cancelled", message="cancelled before submission")
-            try:
-                tracked.job = await self._submit(request, endpoint)
-                bind(job_id=tracked.job.job_id)
-                metrics.SUBMITTED.labels(request.route).inc()
-                await self._endpoint_answered(route.endpoint_id, True)
-                return None
-            except (ConnectError, RateLimitedError) as exc:
-                history.append(f"{time.time():.3f} {type(exc).__name__}: {exc}")
-                error: RunpodError = exc
-            except (ServerError, TransportError) as exc:
-                history.append(f"{time.time():.3f} {type(exc).__name__}: {exc}")
-                await self._endpoint_answered(route.endpoint_id, False)
-                if route.delivery == "at_most_once":
-                    await self.ledger.count("ambiguous_dead_lettered")
-                    return Outcome(
-                        FAILED,
-                        reason="ambiguous",
-                        message=f"submitting may or may not have worked ({exc}); the route "
-                        "is at_most_once, so it is not sent again",
-                        history=history,
-                    )
-                await self.ledger.count("ambiguous_resubmits")
-                metrics.AMBIGUOUS.labels(request.route).inc()
-                error = exc
-            except RunpodError as exc:
-                history.append(f"{time.time():.3f} {type(exc).__name__}: {exc}")
-                return Outcome(FAILED, reason="submit_failed", message=str(exc), history=history)
-            if attempt < route.submit_attempts:
-                await asyncio.sleep(random.uniform(0, min(30.0, 0.5 * 2**attempt)))
-                if tracked.wants_cancel():
-                    return Outcome(
-                        CANCELLED, reason="cancelled", message="cancelled before submission"
-                    )
-        return Outcome(
-            FAILED,
-            reason="submit_failed",
-            message=f"submitting failed {route.submit_attempts} times; last error: {error}",
-            history=history,
-        )
-
-    async def _wait_breaker(self, tracked: Tracked) -> bool:
-        """Wait while the endpoint's breaker is open; True if a cancel came meanwhile."""
-        if self.breakers is None:
-            return False
-        endpoint_id = self._route(tracked.request).endpoint_id
-        while True:
-            state = await self.breakers.get(endpoint_id)
-            if state.state == "closed" or tracked.wants_cancel():
-                break
-            if state.state == "half_open" and await self.breakers.try_probe(endpoint_id):
-                break  # we are the probe: our outcome closes or reopens the breaker
-            pause = state.retry_in(self.breakers.open_s, time.time())
-            await asyncio.sleep(min(max(pause, 0.2), 2.0))
-        return tracked.wants_cancel()
-
-    async def _endpoint_answered(self, endpoint_id: str, ok: bool) -> None:
-        """Feed the breaker; a success costs a Redis call only when it changes something."""
-        if self.breakers is None:
-            return
-        try:
-            if ok:
-                state = await self.breakers.get(endpoint_id)
-                if state.state == "closed" and state.failures == 0:
-                    return
-            await self.breakers.record(endpoint_id, ok)
-        except (RedisError, OSError) as exc:  # best effort: never stop a request for it
-            log.debug("breaker of %s not updated: %s", endpoint_id, exc)
-
     async def _observe_start(self, tracked: Tracked) -> None:
         """Notice when a queued job starts running (a held wait only reports its end):
         checks at 0.1 s, 0.2 s, 0.4 s … (at most 5 s apart) until it runs."""
@@ -489,15 +311,6 @@ class Tracker:
             if await self._look(tracked) is not None:
                 return
             pause = min(pause * 2, 5.0)
-
-    async def _submit(self, request: Request, endpoint: AsyncioEndpoint) -> AsyncioJob:
-        body = request.body()
-        if request.mode == "webhook" and self.webhook_url:
-            base = self.webhook_url.rstrip("/")
-            body["webhook"] = f"{base}/webhook/{request.id}?token={request.webhook_token}"
-        if request.mode == "sync":
-            return await endpoint.run_held(body)
-        return await endpoint.run(body)
 
     async def _until_final(self, tracked: Tracked, route: RouteRuntime) -> Outcome:
         job = tracked.job
