@@ -248,18 +248,24 @@ class Tracker:
                 if isinstance(exc, ServerError | TransportError):
                     await self.submitter.endpoint_answered(route.config.endpoint_id, False)
                 failures += 1
-                pause = min(30.0, 0.25 * 2**failures)
-                log.warning("request %s: %s: %s; resuming in %.1f s", request.id,
-                            type(exc).__name__, exc, pause)  # fmt: skip
-                await asyncio.sleep(pause)
-                try:
-                    record = await self.ledger.get(request.id)
-                except Exception:  # still unreachable: try again after the next pause
-                    log.debug("ledger still unreachable for %s", request.id, exc_info=True)
-                    continue
+                log.warning("request %s: %s: %s; resuming from the ledger", request.id,
+                            type(exc).__name__, exc)  # fmt: skip
+                # Never go on from what we knew before the error: the ledger may have
+                # moved (the error may have hit after a step was recorded).
+                record, failures = await self._ledger_record(request.id, failures)
                 resume, job_id = record.get("state"), record.get("job_id")
                 if resume not in ("accepted", "submitting", "submitted"):
                     return  # final (finished elsewhere) or gone
+
+    async def _ledger_record(self, request_id: str, failures: int) -> tuple[dict[str, str], int]:
+        """The request's ledger record, waiting (with back-off) until Redis answers."""
+        while True:
+            await asyncio.sleep(min(30.0, 0.25 * 2**failures))
+            try:
+                return await self.ledger.get(request_id), failures
+            except Exception:  # still unreachable: wait longer
+                failures += 1
+                log.debug("ledger still unreachable for %s", request_id, exc_info=True)
 
     async def _follow(
         self,
