@@ -144,6 +144,9 @@ class BridgeSettings(BaseSettings):
     submit_timeout_s: float = Field(
         30.0, gt=0, description="a task's limit for recording and handing over its request"
     )
+    full_recovery_s: float = Field(
+        60.0, gt=0, description="each worker looks at every in-flight request this often"
+    )
     reap_interval_s: float | None = Field(
         60.0, gt=0, description="beat: adopt requests of dead workers this often (None: never)"
     )

@@ -116,7 +116,11 @@ for i = 6, #ARGV do
     local owner = redis.call('HGET', key, 'owner')
     if (not state) or state == 'final' then
       redis.call('SREM', set, id)
-    elseif owner ~= me and redis.call('EXISTS', prefix .. ':owner:' .. (owner or '')) == 0 then
+    elseif owner == me then
+      if ARGV[5] == '1' then
+        table.insert(found, '=' .. id)  -- ours already ('=' marks it): resumed if unfollowed
+      end
+    elseif redis.call('EXISTS', prefix .. ':owner:' .. (owner or '')) == 0 then
       redis.call('HSET', key, 'owner', me)
       table.insert(found, id)
       if #found >= limit then
@@ -318,7 +322,10 @@ class Ledger:
         self, owner: str, routes: list[str], limit: int, *, lease_ttl_s: float, full: bool = False
     ) -> list[str]:
         """Take over (atomically) requests whose owner's lease expired; returns their ids.
-        Cheap unless some owner missed its renewals, or ``full`` (start-up, the reaper)."""
+        Cheap unless some owner missed its renewals, or ``full``: then every in-flight
+        request is looked at, and ours are returned too (the caller resumes those it does
+        not follow: a safety net for a request this process lost track of). Those come
+        back marked with a leading ``=``."""
         args: list[Any] = [self.prefix, owner, limit, int(lease_ttl_s * 1000), "1" if full else "0"]
         found = await self._orphans(args=[*args, *routes])
         return [_text(i) for i in found]

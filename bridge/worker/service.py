@@ -181,23 +181,26 @@ class BridgeService:
             self.owner, routes, limit, lease_ttl_s=self.settings.lease_ttl_s, full=full
         )
         resumed = 0
-        for request_id in adopted:
-            resumed += await self.tracker.resume(request_id)
-        if adopted:
-            log.info("adopted %d request(s) of stopped workers", len(adopted))
+        for found in adopted:
+            own = found.startswith("=")
+            resumed += await self.tracker.resume(found.removeprefix("="), own=own)
+        if resumed:
+            log.info("resumed %d request(s) no live process was following", resumed)
         return resumed
 
     async def _keep_lease(self) -> None:
         """Renew our lease and adopt orphans, forever; Redis outages are waited out."""
         settings = self.settings
         every = min(settings.lease_ttl_s / 3, settings.recovery_interval_s)
-        full = True  # once at start-up: requests left by owners we never heard of
+        next_full = 0.0  # at start-up first: requests left by owners we never heard of
         while True:
             await asyncio.sleep(every)
             try:
                 await self.ledger.renew_lease(self.owner, settings.lease_ttl_s)
+                full = time.monotonic() >= next_full
                 await self.recover(full=full)
-                full = False
+                if full:
+                    next_full = time.monotonic() + settings.full_recovery_s
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal / recovery failed (%s); retrying", exc)
 

@@ -178,7 +178,7 @@ class Tracker:
 
     # -- one request -------------------------------------------------------------------
 
-    async def resume(self, request_id: str) -> bool:
+    async def resume(self, request_id: str, *, own: bool = False) -> bool:
         """Follow a request recorded in the ledger that no live process follows (taken
         over from a dead worker, or after an error here). Returns False if there is
         nothing to do."""
@@ -187,6 +187,11 @@ class Tracker:
         record = await self.ledger.get(request_id)
         state = record.get("state")
         if state not in ("accepted", "submitting", "submitted") or "request" not in record:
+            return False
+        created = float(record.get("created") or 0)
+        if own and time.time() - created < 30:
+            return False  # ours and new: accept() may still be handing it over
+        if request_id in self.active:  # it arrived while we read the ledger
             return False
         request = Request.from_record(json.loads(record["request"]))
         if request.route not in self.routes:

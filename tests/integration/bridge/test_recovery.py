@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -139,3 +140,31 @@ def test_ambiguous_window_follows_the_route_policy(
         assert (result["reason"], submissions) == ("ambiguous", 0)
         assert counters["ambiguous_dead_lettered"] == b"1"
         assert [f[b"reason"] for _, f in letters] == [b"ambiguous"]
+
+
+def test_a_request_this_worker_lost_track_of_is_resumed(
+    big_emulator: EmulatorHandle, redis_url: str, tmp_path: Path
+) -> None:
+    setup = make_setup(big_emulator, redis_url, tmp_path / "worker.log", {"full_recovery_s": "1"})
+    worker = start_worker(setup.env, setup.log)
+    prefix = setup.settings.key_prefix
+    try:
+        wait_ready(setup.app, worker, setup.log)
+        request_id = f"lost-{uuid.uuid4()}"
+        reply_to = f"{prefix}:reply:{request_id}"
+        record = {
+            "id": request_id, "route": "echo", "input": {"lost": 1}, "mode": "poll",
+            "reply_to": reply_to, "accepted_at": time.time() - 60,
+        }  # fmt: skip
+        # Recorded by this very worker a minute ago, yet followed by nobody:
+        setup.redis.hset(f"{prefix}:req:{request_id}", mapping={
+            "state": "accepted", "route": "echo", "request": json.dumps(record),
+            "owner": f"{socket.gethostname()}:{worker.pid}", "created": str(time.time() - 60),
+        })  # fmt: skip
+        setup.redis.sadd(f"{prefix}:inflight:echo", request_id)
+        result = list(setup.producer.replies(reply_to, timeout=30))
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        cleanup(setup)
+    assert [(r["status"], r.get("output")) for r in result] == [("COMPLETED", {"lost": 1})]
