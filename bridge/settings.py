@@ -11,13 +11,13 @@ secret file that holds it.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from bridge.configfiles import describe_errors, read_toml
 from bridge.errors import ConfigError
 
 Mode = Literal["poll", "stream", "sync", "webhook"]
@@ -194,13 +194,13 @@ class BridgeSettings(BaseSettings):
             from_env = cls()
         except ValidationError as exc:
             raise ConfigError(
-                f"invalid bridge settings in the environment:\n{_describe(exc)}"
+                f"invalid bridge settings in the environment:\n{describe_errors(exc)}"
             ) from None
         except SettingsError as exc:  # e.g. BRIDGE_ROUTES is not JSON
             raise ConfigError(f"invalid bridge settings in the environment: {exc}") from None
         env_values = {k: getattr(from_env, k) for k in from_env.model_fields_set}
         path = Path(path) if path is not None else overrides.get("config") or from_env.config
-        file_values: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
+        file_values: dict[str, Any] = read_toml(Path(path), "bridge") if path is not None else {}
         routes = file_values.pop("routes", None)
         where = f"in {path}" if path is not None else "given"
         unknown = set(file_values) - set(cls.model_fields)
@@ -209,7 +209,7 @@ class BridgeSettings(BaseSettings):
         try:
             settings = cls(**{**file_values, **env_values, **overrides, "config": path})
         except ValidationError as exc:
-            raise ConfigError(f"invalid bridge settings {where}:\n{_describe(exc)}") from None
+            raise ConfigError(f"invalid bridge settings {where}:\n{describe_errors(exc)}") from None
         if routes is not None:
             try:
                 file_routes = {name: _route(name, raw) for name, raw in _tables(routes)}
@@ -238,7 +238,7 @@ def _route(name: str, raw: Any) -> RouteConfig:
     try:
         return RouteConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _RouteError(_describe(exc, prefix=f"routes.{name}")) from None
+        raise _RouteError(describe_errors(exc, prefix=f"routes.{name}")) from None
 
 
 def default_routes(emulator_url: str) -> dict[str, RouteConfig]:
@@ -249,21 +249,3 @@ def default_routes(emulator_url: str) -> dict[str, RouteConfig]:
         name: RouteConfig(endpoint_id=name, base_url=base, mode=mode, default_emulator_key=True)
         for name, mode in modes.items()
     }
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"bridge config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"bridge config file {path} is not valid TOML: {exc}") from None
-
-
-def _describe(exc: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        parts = [prefix] if prefix else []
-        parts += [str(p) for p in err["loc"]]
-        lines.append(f"  {'.'.join(parts) or '(root)'}: {err['msg']}")
-    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Local RunPod-compatible endpoint server; imports only bridge.errors and its own modules.
+"""Local RunPod-compatible endpoint server; imports only bridge.errors, bridge.configfiles
+and its own modules.
 
 Start it with ``bridge emulator`` or, in-process, ``create_app(settings)`` /
 ``bridge.emulator.testing.running_emulator()``.

@@ -8,7 +8,6 @@ Endpoint and template fields use RunPod's own camelCase names.
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bridge.configfiles import describe_errors, read_toml
 from bridge.errors import ConfigError
 
 DEV_API_KEY = "rp-emulator-dev-key"
@@ -214,28 +214,17 @@ class EmulatorSettings(BaseSettings):
             return cls(**{**file_values, **env_values, **overrides})
         except ValidationError as exc:
             where = f"in {path}" if path else "in the environment"
-            raise ConfigError(f"invalid emulator settings {where}:\n{_describe(exc)}") from None
+            raise ConfigError(
+                f"invalid emulator settings {where}:\n{describe_errors(exc)}"
+            ) from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"emulator config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"emulator config file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "emulator")
     server = data.pop("server", {})
     if not isinstance(server, dict):
         raise ConfigError(f"{path}: [server] must be a table")
     return {**server, **data}
-
-
-def _describe(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"  {loc}: {err['msg']}")
-    return "\n".join(lines)
 
 
 def _is_loopback(host: str) -> bool:
