@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test unit integration lint format bench emulator clean
+.PHONY: help venv demo test test-stress unit integration lint format bench emulator clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -23,19 +23,24 @@ demo: $(STAMP) ## Run the main job on embedded defaults: emulator, Redis, worker
 	@scripts/ensure-redis
 	$(BIN)/bridge demo
 
-test: $(STAMP) ## Lint, type-check and run every test (finds or starts Redis itself)
+test: $(STAMP) ## Lint, type-check and run every test (finds or starts Redis and RabbitMQ)
 	@scripts/ensure-redis
+	@scripts/ensure-rabbitmq
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+test-stress: $(STAMP) ## `CI=true make test` three times in a row with a CPU hog on one core
+	@scripts/test-stress
+
 unit: $(STAMP) ## Only the fast unit tier (no sockets)
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest -m "not integration"
 
 integration: $(STAMP) ## Only the integration tier
 	@scripts/ensure-redis
-	$(BIN)/pytest tests/integration
+	@scripts/ensure-rabbitmq
+	$(BIN)/pytest -m integration
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy strict
 	$(BIN)/ruff check .
