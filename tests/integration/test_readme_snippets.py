@@ -1,13 +1,14 @@
 """Every shell and Python snippet of README.md runs, as a reader would run it, against a
 real emulator, Redis, bridge worker and beat (started here, as ``bridge demo`` does).
 
-A block preceded by ``<!-- not run: why -->`` is skipped (container commands, processes
-that run until stopped, ``make test`` itself); every other ``sh``/``python`` block must
-exit 0. Only what a user changes is changed: the emulator's address (it listens on a
-free port), the Redis the commands use, names that would collide with a concurrent run
-(the request stream, reply lists), the client examples' placeholders (``your-api-key``,
-``your-endpoint-id``, ``your-template-id``: the README says how to fill them in for
-the emulator) and their 5-10 s monitoring sleeps.
+A block preceded by ``<!-- not run: why -->`` is not collected at all (container
+commands, processes that run until stopped, ``make test`` itself), so that a real skip
+would stand out; every other ``sh``/``python`` block must exit 0. Only what a user
+changes is changed: the emulator's address (it listens on a free port), the Redis the
+commands use, names that would collide with a concurrent run (the request stream, reply
+lists), the client examples' placeholders (``your-api-key``, ``your-endpoint-id``,
+``your-template-id``: the README says how to fill them in for the emulator) and their
+5-10 s monitoring sleeps.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ import pytest
 from bridge.devstack import Stack, running_stack
 from bridge.emulator.settings import EmulatorSettings, EndpointConfig, TemplateConfig
 from bridge.emulator.testing import EmulatorHandle, running_emulator
-
-pytestmark = pytest.mark.integration
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 RUNNABLE = {"sh", "bash", "shell", "python"}
@@ -138,13 +137,7 @@ def as_a_reader_runs_it(block: Block, setting: Setting) -> str:
     return code
 
 
-@pytest.mark.parametrize(
-    "block",
-    [
-        pytest.param(b, id=b.id, marks=[pytest.mark.skip(reason=b.not_run)] if b.not_run else [])
-        for b in BLOCKS
-    ],
-)
+@pytest.mark.parametrize("block", [b for b in BLOCKS if not b.not_run], ids=lambda b: b.id)
 def test_readme_block_runs(block: Block, setting: Setting) -> None:
     code = as_a_reader_runs_it(block, setting)
     if block.lang == "python":

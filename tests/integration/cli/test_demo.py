@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 import redis
 
-pytestmark = pytest.mark.integration
-
 MARKER = "BRIDGE_DEMO_TEST_RUN"  # not BRIDGE_-prefixed on purpose: the stack strips those
 
 

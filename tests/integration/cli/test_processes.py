@@ -25,8 +25,6 @@ from bridge.devstack import Stack, free_port, running_stack, stop_processes
 from bridge.producer import JsonDoorClient
 from bridge.worker.app import create_app
 
-pytestmark = pytest.mark.integration
-
 KEY = "rpa_" + secrets.token_hex(20).upper()  # shaped like a RunPod key, unique to this run
 JSON_LOGS = ("--log-format", "json")
 
