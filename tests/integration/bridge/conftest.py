@@ -25,10 +25,15 @@ import pytest
 import redis
 from celery import Celery
 
-from bridge.emulator.testing import EmulatorHandle
+from bridge.emulator.testing import EmulatorHandle, wait_until
 from bridge.producer import JsonDoorClient
 from bridge.settings import BridgeSettings, RouteConfig
 from bridge.worker.app import create_app
+
+# How long a test waits for a late duplicate reply once the JSON door has acknowledged
+# every entry (so no redelivery is pending): a reply still in the worker's pipeline shows
+# up within milliseconds on an idle machine, and within a second with a CPU hog running.
+LATE_REPLY_GRACE_S = 3.0
 
 
 @dataclass
@@ -60,6 +65,23 @@ class Bridge:
         assert replies[-1]["type"] == "result"
         return replies[-1]
 
+    def door_drained(self) -> bool:
+        """Whether the JSON door has read and acknowledged every entry of its request
+        stream so far (Redis's own bookkeeping of the consumer group)."""
+        stream, group = self.settings.requests_stream, self.settings.consumer_group
+        last = _text(self.redis.xinfo_stream(stream)["last-generated-id"])
+        for info in self.redis.xinfo_groups(stream):
+            if _text(info["name"]) == group:
+                return info["pending"] == 0 and _text(info["last-delivered-id"]) == last
+        return False
+
+    def assert_no_late_reply(self, reply_to: str, grace: float = LATE_REPLY_GRACE_S) -> None:
+        """Exactly one final reply: once the door has handled every entry (nothing left to
+        redeliver), nothing more arrives on ``reply_to`` within ``grace`` seconds."""
+        wait_until(self.door_drained, timeout=60, interval=0.05)
+        late = self.replies(reply_to, timeout=grace)
+        assert late == [], f"late replies on {reply_to}: {late}; worker log: {self.log}"
+
     @property
     def queues(self) -> set[str]:
         """The Celery queues this bridge's worker consumes."""
@@ -74,6 +96,10 @@ class Bridge:
     def stop(self) -> None:
         """Stop every process started for this bridge (idempotent)."""
         stop_processes(self.procs)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 20) -> None:
