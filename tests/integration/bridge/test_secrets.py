@@ -86,7 +86,10 @@ def test_keys_never_appear_anywhere(
             cleanup(setup)
     statuses = [r[-1]["status"] for r in results]
     assert statuses == ["COMPLETED", "COMPLETED", "FAILED", "CANCELLED"]
-    assert "401" in results[2][-1]["message"] or "API key" in results[2][-1]["message"]
+    refused = results[2][-1]  # the wrong key: the emulator's 401, and why, without the key
+    assert refused["reason"] == "submit_failed", refused
+    assert "401" in refused["message"], refused
+    assert "invalid API key" in refused["message"], refused
     produced = "\n".join([
         setup.log.read_text(errors="replace"),
         caplog.text,
