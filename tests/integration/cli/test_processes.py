@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from click.testing import CliRunner, Result
 
 from bridge.cli import main
 from bridge.devstack import Stack, free_port, running_stack, stop_processes
+from bridge.emulator.testing import wait_until
 from bridge.producer import JsonDoorClient
 from bridge.worker.app import create_app
 
@@ -46,6 +48,18 @@ class Processes:
         )  # fmt: skip
         self.outputs += [result.stdout, result.stderr]
         return result
+
+    def emulator_get(self, path: str) -> dict[str, Any]:
+        response = httpx.get(
+            f"{self.emulator_url}{path}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
+        )
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def emulator_stats(self, endpoint: str) -> dict[str, Any]:
+        """The emulator's own counters for ``endpoint`` (``/_emulator/stats``)."""
+        return self.emulator_get(f"/_emulator/stats/{endpoint}")
 
 
 def wait_for_line(path: Path, pattern: str, proc: subprocess.Popen[bytes]) -> re.Match[str]:
@@ -122,10 +136,17 @@ def traffic(procs: Processes) -> Processes:
         }  # fmt: skip
         key = f"{procs.stack.settings.key_prefix}:req:{slow_id}"
         deadline = time.monotonic() + 30
-        while not client.redis.hget(key, "job_id") and time.monotonic() < deadline:
+        while not client.redis.hget(key, "job_id"):
+            assert time.monotonic() < deadline, "the slow job was never submitted"
             time.sleep(0.02)
+        cancels = procs.emulator_stats("echo")["cancels"]
         assert procs.bridge("cancel", slow_id).returncode == 0
-        assert list(client.replies(slow_reply, 30))[-1]["status"] == "CANCELLED"
+        cancelled = list(client.replies(slow_reply, 30))[-1]
+        assert cancelled["status"] == "CANCELLED", cancelled
+        # the endpoint got the cancel: its counter, and the job's own status there
+        wait_until(lambda: procs.emulator_stats("echo")["cancels"] > cancels, timeout=30)
+        status = procs.emulator_get(f"/v2/echo/status/{cancelled['job_id']}")
+        assert status["status"] == "CANCELLED", status
         assert procs.bridge("health", "--live").returncode == 0
         assert procs.bridge("purge", "echo", "--yes").returncode == 0
         denied = httpx.get(f"{procs.emulator_url}/v2/echo/health", headers={"Authorization": "x"})
