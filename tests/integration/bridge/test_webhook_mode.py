@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,19 +92,28 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_webhook_wakes_the_tracker_long_before_the_safety_poll(hooked: WebhookBridge) -> None:
-    start = time.monotonic()
+def test_webhook_wakes_the_tracker_long_before_the_safety_poll(
+    hooked: WebhookBridge, emulator: EmulatorHandle
+) -> None:
+    """The safety poll is 60 s away and the reply is awaited for at most 30 s: only the
+    endpoint's webhook (counted by the emulator) can have ended the request."""
+    before = emulator.stats("echo")
     _, reply_to = hooked.producer.send("echo", {"sleep_ms": 300, "v": 1}, mode="webhook")
     results = list(hooked.producer.replies(reply_to, timeout=30))
-    assert results
+    assert results, "no reply within 30 s"
     assert (results[-1]["status"], results[-1]["output"]) == (
         "COMPLETED",
         {"sleep_ms": 300, "v": 1},
     )
-    assert time.monotonic() - start < 20  # the safety poll would take 60 s
+    wait_until(lambda: emulator.stats("echo")["webhooks_sent"] > before["webhooks_sent"])
+    after = emulator.stats("echo")
+    assert after["webhooks_sent"] == before["webhooks_sent"] + 1
+    assert after["webhooks_failed"] == before["webhooks_failed"]
 
 
-def test_forged_webhooks_cannot_inject_output_or_end_early(hooked: WebhookBridge) -> None:
+def test_forged_webhooks_cannot_inject_output_or_end_early(
+    hooked: WebhookBridge, emulator: EmulatorHandle
+) -> None:
     request_id, reply_to = hooked.producer.send("echo", {"sleep_ms": 2000, "real": True},
                                                 mode="webhook")  # fmt: skip
     wait_until(lambda: hooked.state(request_id).get(b"state") == b"submitted", timeout=20)
@@ -117,8 +125,11 @@ def test_forged_webhooks_cannot_inject_output_or_end_early(hooked: WebhookBridge
     assert (
         httpx.post(f"{hooked.receiver}/webhook/other", params={"token": token}).status_code == 404
     )
-    # Even with the right token (say it leaked), the body is only a hint.
+    # Even with the right token (say it leaked), the body is only a hint: the tracker
+    # re-reads /status (the emulator counts the request), sees the job running, waits on.
+    status_reads = emulator.stats("echo")["requests"].get("status", 0)
     assert httpx.post(url, params={"token": token}, json=forged).status_code == 200
+    wait_until(lambda: emulator.stats("echo")["requests"].get("status", 0) > status_reads)
     assert hooked.producer.redis.llen(reply_to) == 0  # not ended early
     result = list(hooked.producer.replies(reply_to, timeout=30))[-1]
     assert (result["status"], result["output"]) == ("COMPLETED", {"sleep_ms": 2000, "real": True})
