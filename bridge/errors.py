@@ -6,6 +6,8 @@
     ├── ConfigError                      bad configuration (file, route, field named)
     ├── RequestRejected                  the bridge refused a request (``reason`` says why)
     └── RunpodError                      anything the endpoint client raises
+        ├── InvalidInputError            the input cannot be sent as JSON (NaN, Infinity,
+        │                                objects): nothing was sent (also a TypeError)
         ├── APIError                     the server answered with an HTTP error status
         │   ├── BadRequestError          400 / 422: the request itself is wrong
         │   ├── AuthenticationError      401 / 403: missing, wrong or under-scoped key
@@ -27,7 +29,8 @@
             └── JobExpired               the endpoint no longer knows the job (404)
 
 (R) marks the recoverable errors, collected in :data:`RETRYABLE_ERRORS`: the client's
-retry policy and Celery's ``autoretry_for`` both use that tuple.
+retry policy uses that tuple, and the bridge's lifecycle (``bridge.core.lifecycle``)
+classifies every error it meets as transient, permanent or unknown from this tree.
 
 Errors carry context (endpoint id, job id, HTTP status, the server's message) and never
 an API key: messages are built from fields that cannot hold one.
@@ -66,6 +69,11 @@ class RunpodError(BridgeError):
     def __str__(self) -> str:
         where = [f"{k}={v}" for k, v in (("endpoint", self.endpoint_id), ("job", self.job_id)) if v]
         return f"{self.message} ({', '.join(where)})" if where else self.message
+
+
+class InvalidInputError(RunpodError, TypeError):
+    """The request input cannot be encoded as JSON (``NaN``, ``Infinity``, a Python
+    object); nothing was sent."""
 
 
 class APIError(RunpodError):
@@ -240,6 +248,7 @@ __all__ = [
     "BridgeError",
     "ConfigError",
     "ConnectError",
+    "InvalidInputError",
     "JobCancelled",
     "JobError",
     "JobExpired",

@@ -12,6 +12,7 @@ import os
 
 from bridge.runpod import http_client
 from bridge.runpod._config import DEFAULT_API_BASE_URL, DEFAULT_ENDPOINT_URL_BASE
+from bridge.runpod._hooks import Exchange, Hooks
 from bridge.runpod._policy import PollPolicy, RetryPolicy
 from bridge.runpod._protocol import FINAL_STATES
 from bridge.runpod.admin import (
@@ -51,6 +52,8 @@ __all__ = [
     "AsyncioEndpoint",
     "AsyncioJob",
     "Endpoint",
+    "Exchange",
+    "Hooks",
     "Job",
     "PollPolicy",
     "RetryPolicy",

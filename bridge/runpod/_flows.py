@@ -99,31 +99,6 @@ class JobState:
         )
 
 
-class JobView:
-    """What both job classes show without I/O (their shells add the requests)."""
-
-    _state: JobState
-
-    @property
-    def job_id(self) -> str:
-        """The job's id."""
-        return self._state.job_id
-
-    @property
-    def endpoint_id(self) -> str:
-        """The endpoint the job belongs to."""
-        return self._state.target.endpoint_id
-
-    @property
-    def final_status(self) -> dict[str, Any] | None:
-        """The whole status object of the job's final state, as last read (None while it
-        runs): what ``output()`` decided on, with timings, without another request."""
-        return self._state.final
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.endpoint_id!r}, {self.job_id!r})"
-
-
 def _wait_timeout(where: wire.Request | JobState) -> WaitTimeout:
     endpoint_id = where.endpoint_id if isinstance(where, wire.Request) else where.target.endpoint_id
     return WaitTimeout(

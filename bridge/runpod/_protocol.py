@@ -21,6 +21,7 @@ from bridge.errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    InvalidInputError,
     JobCancelled,
     JobError,
     JobFailed,
@@ -150,7 +151,7 @@ def _encode(body: Any) -> bytes:
     try:
         return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as err:
-        raise TypeError(f"request input is not JSON-serialisable: {err}") from err
+        raise InvalidInputError(f"request input is not JSON-serialisable: {err}") from err
 
 
 def run_request(

@@ -7,6 +7,7 @@ caller owns the :class:`aiohttp.ClientSession` (see ``http_client.ClientSession`
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any, TypeVar
@@ -17,7 +18,9 @@ from bridge.errors import ConnectError, ReadTimeoutError, TransportError
 from bridge.runpod import _flows as flows
 from bridge.runpod import _protocol as wire
 from bridge.runpod._config import Secret, resolve_endpoint_base, resolve_key
-from bridge.runpod._policy import PollPolicy, RetryPolicy, Runtime, deadline_after
+from bridge.runpod._hooks import NO_HOOKS, Exchange, Hooks
+from bridge.runpod._policy import PollPolicy, RetryPolicy, Runtime
+from bridge.runpod._views import EndpointView, JobView, documented
 
 T = TypeVar("T")
 
@@ -37,16 +40,23 @@ class _Driver:
     its jobs."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, secret: Secret | None, runtime: Runtime
+        self,
+        session: aiohttp.ClientSession,
+        secret: Secret | None,
+        runtime: Runtime,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         self.session = session
         self.secret = secret
         self.runtime = runtime
+        self.hooks = hooks
 
     async def send(self, request: wire.Request) -> wire.Response | TransportError:
+        await self.hooks.before_async(request)
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=wire.CONNECT_TIMEOUT, sock_read=request.timeout
         )
+        started = time.monotonic()
         try:
             async with self.session.request(
                 request.method,
@@ -62,11 +72,17 @@ class _Driver:
         except (TimeoutError, aiohttp.ClientError) as error:
             failure = _transport_error(request, error)
             wire.log_exchange(request, failure)
+            await self.hooks.after_async(
+                Exchange(request, error=failure, seconds=time.monotonic() - started)
+            )
             return failure
         response = wire.Response.received(
             reply.status, body, reply.headers.get("Retry-After"), self.secret
         )
         wire.log_exchange(request, response)
+        await self.hooks.after_async(
+            Exchange(request, response=response, seconds=time.monotonic() - started)
+        )
         return response
 
     async def drive(self, flow: flows.Flow[T]) -> AsyncGenerator[flows.Emit | flows.Done[T]]:
@@ -93,11 +109,18 @@ class _Driver:
         raise AssertionError("a flow ended without a result")  # pragma: no cover
 
 
-def _runtime(retry: RetryPolicy | None, poll: PollPolicy | None) -> Runtime:
-    return Runtime(retry=retry or RetryPolicy(), poll=poll or PollPolicy())
+def _driver(
+    session: aiohttp.ClientSession,
+    api_key: str | None,
+    retry: RetryPolicy | None,
+    poll: PollPolicy | None,
+    hooks: Hooks | None,
+) -> _Driver:
+    runtime = Runtime(retry=retry or RetryPolicy(), poll=poll or PollPolicy())
+    return _Driver(session, resolve_key(api_key), runtime, hooks or NO_HOOKS)
 
 
-class AsyncioEndpoint:
+class AsyncioEndpoint(EndpointView):
     """Asyncio client of one queue endpoint, on a caller-owned aiohttp session.
 
     Args:
@@ -108,7 +131,10 @@ class AsyncioEndpoint:
         base_url: queue API base; wins over ``bridge.runpod.endpoint_url_base``.
         retry: when failed requests are re-sent.
         poll: how waiting for a job polls or holds.
+        hooks: callables run before and after every request (budgets, metrics).
     """
+
+    _driver: _Driver
 
     def __init__(
         self,
@@ -119,19 +145,13 @@ class AsyncioEndpoint:
         base_url: str | None = None,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.endpoint_id = endpoint_id
         self._target = wire.Target(resolve_endpoint_base(base_url), endpoint_id)
-        self._driver = _Driver(session, resolve_key(api_key), _runtime(retry, poll))
+        self._driver = _driver(session, api_key, retry, poll, hooks)
 
-    @property
-    def base_url(self) -> str:
-        """The queue API base this endpoint's URLs start with."""
-        return self._target.base_url
-
-    def __repr__(self) -> str:
-        return f"AsyncioEndpoint({self.endpoint_id!r}, base_url={self.base_url!r})"
-
+    @documented
     async def run(
         self,
         endpoint_input: Any,
@@ -140,22 +160,10 @@ class AsyncioEndpoint:
         policy: Mapping[str, Any] | None = None,
         s3_config: Mapping[str, Any] | None = None,
     ) -> AsyncioJob:
-        """Submit a job (``POST /run``) and return it without waiting.
+        flow = self._submit_flow(endpoint_input, webhook, policy, s3_config)
+        return AsyncioJob._attach(await self._driver.run(flow), self._driver)
 
-        Args:
-            endpoint_input: the job input, or a full body if it is a dict with an
-                ``input`` key.
-            webhook: URL the platform calls when the job ends.
-            policy: ``executionTimeout`` / ``lowPriority`` / ``ttl`` overrides.
-            s3_config: bucket credentials handed to the worker (sent as ``s3Config``).
-
-        Returns:
-            The submitted job.
-        """
-        body = wire.build_body(endpoint_input, webhook=webhook, policy=policy, s3_config=s3_config)
-        state = await self._driver.run(flows.submit(self._target, body, self._driver.runtime))
-        return AsyncioJob._attach(state, self._driver)
-
+    @documented
     async def run_sync(
         self,
         request_input: Any,
@@ -165,24 +173,11 @@ class AsyncioEndpoint:
         policy: Mapping[str, Any] | None = None,
         s3_config: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Submit a job (``POST /runsync?wait=``) and wait for its output.
+        return await self._driver.run(
+            self._run_sync_flow(request_input, timeout, webhook, policy, s3_config)
+        )
 
-        Args:
-            request_input: as for :meth:`run`.
-            timeout: seconds to wait in all (0: no limit).
-
-        Returns:
-            The output of the COMPLETED job.
-
-        Raises:
-            JobFailed, JobCancelled, JobTimedOut: the job ended otherwise.
-            WaitTimeout: ``timeout`` passed first (``job_id`` is set once known).
-        """
-        rt = self._driver.runtime
-        deadline = deadline_after(timeout, rt)
-        body = wire.build_body(request_input, webhook=webhook, policy=policy, s3_config=s3_config)
-        return await self._driver.run(flows.run_sync(self._target, body, rt, deadline=deadline))
-
+    @documented
     async def run_held(
         self,
         request_input: Any,
@@ -192,52 +187,36 @@ class AsyncioEndpoint:
         policy: Mapping[str, Any] | None = None,
         s3_config: Mapping[str, Any] | None = None,
     ) -> AsyncioJob:
-        """Submit through ``POST /runsync?wait=`` and return the job, finished or not.
+        flow = self._run_held_flow(request_input, timeout, webhook, policy, s3_config)
+        return AsyncioJob._attach(await self._driver.run(flow), self._driver)
 
-        The server holds the request while the job runs (up to 90 s, less with a
-        ``timeout``), so a short job comes back final in one round trip; a longer one is
-        returned unfinished, to be waited on like any other job.
-
-        Args:
-            request_input: as for :meth:`run`.
-            timeout: seconds the hold may last at most (0: the platform's 90 s).
-
-        Returns:
-            The job; ``output()`` on it answers at once when it already ended.
-        """
-        rt = self._driver.runtime
-        deadline = deadline_after(timeout, rt)
-        body = wire.build_body(request_input, webhook=webhook, policy=policy, s3_config=s3_config)
-        flow = flows.submit_held(self._target, body, rt, deadline=deadline)
-        state = await self._driver.run(flow)
-        return AsyncioJob._attach(state, self._driver)
-
+    @documented
     async def health(self, timeout: float = 3) -> dict[str, Any]:
-        """Worker and job counts of the endpoint (``GET /health``)."""
-        request = wire.endpoint_request(self._target, "health", timeout=timeout)
-        reply: dict[str, Any] = await self._driver.run(flows.call(request, self._driver.runtime))
+        reply: dict[str, Any] = await self._driver.run(self._endpoint_flow("health", timeout))
         return reply
 
+    @documented
     async def purge_queue(self, timeout: float = 3) -> dict[str, Any]:
-        """Remove every job still queued (``POST /purge-queue``); running jobs go on."""
-        request = wire.endpoint_request(self._target, "purge-queue", timeout=timeout)
-        reply: dict[str, Any] = await self._driver.run(flows.call(request, self._driver.runtime))
+        flow = self._endpoint_flow("purge-queue", timeout)
+        reply: dict[str, Any] = await self._driver.run(flow)
         return reply
 
+    @documented
     def job(self, job_id: str) -> AsyncioJob:
-        """Re-attach to a job of this endpoint by its id."""
-        return AsyncioJob._attach(flows.JobState(self._target, job_id), self._driver)
+        return AsyncioJob._attach(self._job_state(job_id), self._driver)
 
 
-class AsyncioJob(flows.JobView):
+class AsyncioJob(JobView):
     """A job of a queue endpoint, asyncio flavour.
 
     Args:
         endpoint_id: the endpoint the job was submitted to.
         job_id: the job's id.
         session: the aiohttp session to send on.
-        api_key, base_url, retry, poll: as for :class:`AsyncioEndpoint`.
+        api_key, base_url, retry, poll, hooks: as for :class:`AsyncioEndpoint`.
     """
+
+    _driver: _Driver
 
     def __init__(
         self,
@@ -249,10 +228,11 @@ class AsyncioJob(flows.JobView):
         base_url: str | None = None,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         target = wire.Target(resolve_endpoint_base(base_url), endpoint_id)
         self._state = flows.JobState(target, job_id)
-        self._driver = _Driver(session, resolve_key(api_key), _runtime(retry, poll))
+        self._driver = _driver(session, api_key, retry, poll, hooks)
 
     @classmethod
     def _attach(cls, state: flows.JobState, driver: _Driver) -> AsyncioJob:
@@ -260,39 +240,25 @@ class AsyncioJob(flows.JobView):
         job._state, job._driver = state, driver
         return job
 
+    @documented
     async def status(self) -> dict[str, Any]:
-        """The job's whole status object, freshly read (``status``, ``output``, ``error``,
-        ``delayTime``, ``executionTime``, ``workerId`` as the endpoint sends them)."""
-        return await self._driver.run(flows.status(self._state, self._driver.runtime))
+        return await self._driver.run(self._status_flow())
 
+    @documented
     async def output(self, timeout: float = 0) -> Any:
-        """Wait for the job and return its output.
+        return await self._driver.run(self._output_flow(timeout))
 
-        Args:
-            timeout: seconds to wait at most, on a monotonic clock (0: no limit).
-
-        Raises:
-            JobFailed, JobCancelled, JobTimedOut, JobExpired: the job did not complete.
-            WaitTimeout: ``timeout`` passed first; the job may still be running.
-        """
-        rt = self._driver.runtime
-        deadline = deadline_after(timeout, rt)
-        return await self._driver.run(flows.output(self._state, rt, deadline=deadline))
-
+    @documented
     async def stream(self) -> AsyncIterator[Any]:
-        """Yield each streamed chunk's output once, as it comes; end on any final state."""
-        flow = flows.stream(self._state, self._driver.runtime)
-        async with aclosing(self._driver.drive(flow)) as steps:
+        async with aclosing(self._driver.drive(self._stream_flow())) as steps:
             async for step in steps:
                 if isinstance(step, flows.Emit):
                     yield step.value
 
+    @documented
     async def cancel(self, timeout: float = 3) -> dict[str, Any]:
-        """Cancel the job (``POST /cancel``); a job already final is left as it is."""
-        flow = flows.control(self._state, "cancel", self._driver.runtime, timeout=timeout)
-        return await self._driver.run(flow)
+        return await self._driver.run(self._control_flow("cancel", timeout))
 
+    @documented
     async def retry(self, timeout: float = 10) -> dict[str, Any]:
-        """Re-queue a FAILED or TIMED_OUT job under the same id (``POST /retry``)."""
-        flow = flows.control(self._state, "retry", self._driver.runtime, timeout=timeout)
-        return await self._driver.run(flow)
+        return await self._driver.run(self._control_flow("retry", timeout))

@@ -18,7 +18,9 @@ from bridge.errors import ConnectError, ReadTimeoutError, TransportError
 from bridge.runpod import _flows as flows
 from bridge.runpod import _protocol as wire
 from bridge.runpod._config import Secret, resolve_endpoint_base, resolve_key
-from bridge.runpod._policy import PollPolicy, RetryPolicy, Runtime, deadline_after
+from bridge.runpod._hooks import NO_HOOKS, Exchange, Hooks
+from bridge.runpod._policy import PollPolicy, RetryPolicy, Runtime
+from bridge.runpod._views import EndpointView, JobView, documented
 
 T = TypeVar("T")
 
@@ -56,13 +58,17 @@ class _Driver:
         client: httpx.Client | None,
         secret: Secret | None,
         runtime: Runtime,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         self.client = client or _shared_client()
         self.secret = secret
         self.runtime = runtime
+        self.hooks = hooks
 
     def send(self, request: wire.Request) -> wire.Response | TransportError:
+        self.hooks.before_sync(request)
         timeout = httpx.Timeout(request.timeout, connect=wire.CONNECT_TIMEOUT, pool=None)
+        started = time.monotonic()
         try:
             reply = self.client.request(
                 request.method,
@@ -75,11 +81,17 @@ class _Driver:
         except httpx.TransportError as error:
             failure = _transport_error(request, error)
             wire.log_exchange(request, failure)
+            self.hooks.after_sync(
+                Exchange(request, error=failure, seconds=time.monotonic() - started)
+            )
             return failure
         response = wire.Response.received(
             reply.status_code, reply.content, reply.headers.get("Retry-After"), self.secret
         )
         wire.log_exchange(request, response)
+        self.hooks.after_sync(
+            Exchange(request, response=response, seconds=time.monotonic() - started)
+        )
         return response
 
     def drive(self, flow: flows.Flow[T]) -> Iterator[flows.Emit | flows.Done[T]]:
@@ -105,11 +117,18 @@ class _Driver:
         raise AssertionError("a flow ended without a result")  # pragma: no cover
 
 
-def _runtime(retry: RetryPolicy | None, poll: PollPolicy | None) -> Runtime:
-    return Runtime(retry=retry or RetryPolicy(), poll=poll or PollPolicy())
+def _driver(
+    client: httpx.Client | None,
+    api_key: str | None,
+    retry: RetryPolicy | None,
+    poll: PollPolicy | None,
+    hooks: Hooks | None,
+) -> _Driver:
+    runtime = Runtime(retry=retry or RetryPolicy(), poll=poll or PollPolicy())
+    return _Driver(client, resolve_key(api_key), runtime, hooks or NO_HOOKS)
 
 
-class Endpoint:
+class Endpoint(EndpointView):
     """Blocking client of one queue endpoint.
 
     Args:
@@ -120,7 +139,10 @@ class Endpoint:
             pooled client shared by the whole process.
         retry: when failed requests are re-sent.
         poll: how waiting for a job polls or holds.
+        hooks: callables run before and after every request (budgets, metrics).
     """
+
+    _driver: _Driver
 
     def __init__(
         self,
@@ -131,19 +153,13 @@ class Endpoint:
         client: httpx.Client | None = None,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.endpoint_id = endpoint_id
         self._target = wire.Target(resolve_endpoint_base(base_url), endpoint_id)
-        self._driver = _Driver(client, resolve_key(api_key), _runtime(retry, poll))
+        self._driver = _driver(client, api_key, retry, poll, hooks)
 
-    @property
-    def base_url(self) -> str:
-        """The queue API base this endpoint's URLs start with."""
-        return self._target.base_url
-
-    def __repr__(self) -> str:
-        return f"Endpoint({self.endpoint_id!r}, base_url={self.base_url!r})"
-
+    @documented
     def run(
         self,
         request_input: Any,
@@ -152,22 +168,10 @@ class Endpoint:
         policy: Mapping[str, Any] | None = None,
         s3_config: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Submit a job (``POST /run``) and return it without waiting.
+        flow = self._submit_flow(request_input, webhook, policy, s3_config)
+        return Job._attach(self._driver.run(flow), self._driver)
 
-        Args:
-            request_input: the job input, or a full body if it is a dict with an ``input``
-                key.
-            webhook: URL the platform calls when the job ends.
-            policy: ``executionTimeout`` / ``lowPriority`` / ``ttl`` overrides.
-            s3_config: bucket credentials handed to the worker (sent as ``s3Config``).
-
-        Returns:
-            The submitted job.
-        """
-        body = wire.build_body(request_input, webhook=webhook, policy=policy, s3_config=s3_config)
-        state = self._driver.run(flows.submit(self._target, body, self._driver.runtime))
-        return Job._attach(state, self._driver)
-
+    @documented
     def run_sync(
         self,
         request_input: Any,
@@ -177,24 +181,11 @@ class Endpoint:
         policy: Mapping[str, Any] | None = None,
         s3_config: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Submit a job (``POST /runsync?wait=``) and wait for its output.
+        return self._driver.run(
+            self._run_sync_flow(request_input, timeout, webhook, policy, s3_config)
+        )
 
-        Args:
-            request_input: as for :meth:`run`.
-            timeout: seconds to wait in all (0: no limit).
-
-        Returns:
-            The output of the COMPLETED job.
-
-        Raises:
-            JobFailed, JobCancelled, JobTimedOut: the job ended otherwise.
-            WaitTimeout: ``timeout`` passed first (``job_id`` is set once known).
-        """
-        rt = self._driver.runtime
-        deadline = deadline_after(timeout, rt)
-        body = wire.build_body(request_input, webhook=webhook, policy=policy, s3_config=s3_config)
-        return self._driver.run(flows.run_sync(self._target, body, rt, deadline=deadline))
-
+    @documented
     def run_held(
         self,
         request_input: Any,
@@ -204,51 +195,34 @@ class Endpoint:
         policy: Mapping[str, Any] | None = None,
         s3_config: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Submit through ``POST /runsync?wait=`` and return the job, finished or not.
+        flow = self._run_held_flow(request_input, timeout, webhook, policy, s3_config)
+        return Job._attach(self._driver.run(flow), self._driver)
 
-        The server holds the request while the job runs (up to 90 s, less with a
-        ``timeout``), so a short job comes back final in one round trip; a longer one is
-        returned unfinished, to be waited on like any other job.
-
-        Args:
-            request_input: as for :meth:`run`.
-            timeout: seconds the hold may last at most (0: the platform's 90 s).
-
-        Returns:
-            The job; ``output()`` on it answers at once when it already ended.
-        """
-        rt = self._driver.runtime
-        deadline = deadline_after(timeout, rt)
-        body = wire.build_body(request_input, webhook=webhook, policy=policy, s3_config=s3_config)
-        flow = flows.submit_held(self._target, body, rt, deadline=deadline)
-        state = self._driver.run(flow)
-        return Job._attach(state, self._driver)
-
+    @documented
     def health(self, timeout: float = 3) -> dict[str, Any]:
-        """Worker and job counts of the endpoint (``GET /health``)."""
-        request = wire.endpoint_request(self._target, "health", timeout=timeout)
-        reply: dict[str, Any] = self._driver.run(flows.call(request, self._driver.runtime))
+        reply: dict[str, Any] = self._driver.run(self._endpoint_flow("health", timeout))
         return reply
 
+    @documented
     def purge_queue(self, timeout: float = 3) -> dict[str, Any]:
-        """Remove every job still queued (``POST /purge-queue``); running jobs go on."""
-        request = wire.endpoint_request(self._target, "purge-queue", timeout=timeout)
-        reply: dict[str, Any] = self._driver.run(flows.call(request, self._driver.runtime))
+        reply: dict[str, Any] = self._driver.run(self._endpoint_flow("purge-queue", timeout))
         return reply
 
+    @documented
     def job(self, job_id: str) -> Job:
-        """Re-attach to a job of this endpoint by its id."""
-        return Job._attach(flows.JobState(self._target, job_id), self._driver)
+        return Job._attach(self._job_state(job_id), self._driver)
 
 
-class Job(flows.JobView):
+class Job(JobView):
     """A job of a queue endpoint, blocking flavour.
 
     Args:
         endpoint_id: the endpoint the job was submitted to.
         job_id: the job's id.
-        api_key, base_url, client, retry, poll: as for :class:`Endpoint`.
+        api_key, base_url, client, retry, poll, hooks: as for :class:`Endpoint`.
     """
+
+    _driver: _Driver
 
     def __init__(
         self,
@@ -260,10 +234,11 @@ class Job(flows.JobView):
         client: httpx.Client | None = None,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         target = wire.Target(resolve_endpoint_base(base_url), endpoint_id)
         self._state = flows.JobState(target, job_id)
-        self._driver = _Driver(client, resolve_key(api_key), _runtime(retry, poll))
+        self._driver = _driver(client, api_key, retry, poll, hooks)
 
     @classmethod
     def _attach(cls, state: flows.JobState, driver: _Driver) -> Job:
@@ -271,37 +246,24 @@ class Job(flows.JobView):
         job._state, job._driver = state, driver
         return job
 
+    @documented
     def status(self) -> dict[str, Any]:
-        """The job's whole status object, freshly read (``status``, ``output``, ``error``,
-        ``delayTime``, ``executionTime``, ``workerId`` as the endpoint sends them)."""
-        return self._driver.run(flows.status(self._state, self._driver.runtime))
+        return self._driver.run(self._status_flow())
 
+    @documented
     def output(self, timeout: float = 0) -> Any:
-        """Wait for the job and return its output.
+        return self._driver.run(self._output_flow(timeout))
 
-        Args:
-            timeout: seconds to wait at most, on a monotonic clock (0: no limit).
-
-        Raises:
-            JobFailed, JobCancelled, JobTimedOut, JobExpired: the job did not complete.
-            WaitTimeout: ``timeout`` passed first; the job may still be running.
-        """
-        rt = self._driver.runtime
-        deadline = deadline_after(timeout, rt)
-        return self._driver.run(flows.output(self._state, rt, deadline=deadline))
-
+    @documented
     def stream(self) -> Iterator[Any]:
-        """Yield each streamed chunk's output once, as it comes; end on any final state."""
-        for step in self._driver.drive(flows.stream(self._state, self._driver.runtime)):
+        for step in self._driver.drive(self._stream_flow()):
             if isinstance(step, flows.Emit):
                 yield step.value
 
+    @documented
     def cancel(self, timeout: float = 3) -> dict[str, Any]:
-        """Cancel the job (``POST /cancel``); a job already final is left as it is."""
-        flow = flows.control(self._state, "cancel", self._driver.runtime, timeout=timeout)
-        return self._driver.run(flow)
+        return self._driver.run(self._control_flow("cancel", timeout))
 
+    @documented
     def retry(self, timeout: float = 10) -> dict[str, Any]:
-        """Re-queue a FAILED or TIMED_OUT job under the same id (``POST /retry``)."""
-        flow = flows.control(self._state, "retry", self._driver.runtime, timeout=timeout)
-        return self._driver.run(flow)
+        return self._driver.run(self._control_flow("retry", timeout))

@@ -36,6 +36,8 @@ def test_exported_names() -> None:
         "RetryPolicy",
         "PollPolicy",
         "FINAL_STATES",
+        "Hooks",
+        "Exchange",
     }
     assert set(runpod.__all__) == expected
     for name in expected:

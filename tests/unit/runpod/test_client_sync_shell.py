@@ -134,3 +134,44 @@ def test_a_plain_polling_client_never_asks_the_server_to_hold() -> None:
         assert job.output(timeout=5) == 5
     assert [r.url.path for r in seen] == ["/v2/ep/status/j1"] * 3
     assert all("wait" not in r.url.params for r in seen)
+
+
+def test_hooks_see_each_typed_request_and_its_result(
+    served: Callable[[Handler], runpod.Endpoint],
+) -> None:
+    answers = iter([httpx.Response(429, headers={"Retry-After": "0"}), None])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = next(answers)
+        return answer or httpx.Response(200, json={"id": "j1", "status": "IN_QUEUE"})
+
+    endpoint = served(handler)
+    before: list[tuple[str, str]] = []
+    after: list[tuple[str, str]] = []
+    hooks = runpod.Hooks(
+        before=(lambda request: before.append((request.op, request.endpoint_id)),),
+        after=(lambda exchange: after.append((exchange.request.op, exchange.result)),),
+    )
+    hooked = runpod.Endpoint(
+        "ep", api_key=KEY, base_url=BASE, client=endpoint._driver.client,
+        retry=RetryPolicy(backoff=0.0), hooks=hooks,
+    )  # fmt: skip
+    assert hooked.run({"x": 1}).job_id == "j1"
+    assert before == [("run", "ep"), ("run", "ep")]
+    assert after == [("run", "429"), ("run", "200")]
+
+
+def test_a_hook_that_needs_awaiting_is_refused_by_the_blocking_client(
+    served: Callable[[Handler], runpod.Endpoint],
+) -> None:
+    endpoint = served(lambda request: httpx.Response(200, json={"id": "j", "status": "IN_QUEUE"}))
+
+    async def waits(request: object) -> None:
+        return None
+
+    hooked = runpod.Endpoint(
+        "ep", api_key=KEY, base_url=BASE, client=endpoint._driver.client,
+        hooks=runpod.Hooks(before=(waits,)),
+    )  # fmt: skip
+    with pytest.raises(TypeError, match="blocking client cannot wait"):
+        hooked.run({"x": 1})
