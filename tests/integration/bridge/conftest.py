@@ -65,22 +65,10 @@ class Bridge:
         assert replies[-1]["type"] == "result"
         return replies[-1]
 
-    def door_drained(self) -> bool:
-        """Whether the JSON door has read and acknowledged every entry of its request
-        stream so far (Redis's own bookkeeping of the consumer group)."""
-        stream, group = self.settings.requests_stream, self.settings.consumer_group
-        last = _text(self.redis.xinfo_stream(stream)["last-generated-id"])
-        for info in self.redis.xinfo_groups(stream):
-            if _text(info["name"]) == group:
-                return info["pending"] == 0 and _text(info["last-delivered-id"]) == last
-        return False
-
     def assert_no_late_reply(self, reply_to: str, grace: float = LATE_REPLY_GRACE_S) -> None:
-        """Exactly one final reply: once the door has handled every entry (nothing left to
-        redeliver), nothing more arrives on ``reply_to`` within ``grace`` seconds."""
-        wait_until(self.door_drained, timeout=60, interval=0.05)
-        late = self.replies(reply_to, timeout=grace)
-        assert late == [], f"late replies on {reply_to}: {late}; worker log: {self.log}"
+        """Exactly one final reply: nothing more arrives on ``reply_to`` (see
+        ``assert_no_late_replies``)."""
+        assert_no_late_replies(self.redis, self.settings, [reply_to], grace)
 
     @property
     def queues(self) -> set[str]:
@@ -100,6 +88,31 @@ class Bridge:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def door_drained(client: redis.Redis, settings: BridgeSettings) -> bool:
+    """Whether the JSON door has read and acknowledged every entry of its request stream
+    so far (Redis's own bookkeeping of the consumer group: nothing left to redeliver)."""
+    stream, group = settings.requests_stream, settings.consumer_group
+    last = _text(client.xinfo_stream(stream)["last-generated-id"])
+    for info in client.xinfo_groups(stream):
+        if _text(info["name"]) == group:
+            return info["pending"] == 0 and _text(info["last-delivered-id"]) == last
+    return False
+
+
+def assert_no_late_replies(
+    client: redis.Redis,
+    settings: BridgeSettings,
+    reply_lists: list[str],
+    grace: float = LATE_REPLY_GRACE_S,
+) -> None:
+    """Call once every final reply was read: waits until the door has handled every
+    entry, then ``grace`` seconds, and fails if any of ``reply_lists`` got more."""
+    wait_until(lambda: door_drained(client, settings), timeout=60, interval=0.05)
+    time.sleep(grace)  # the grace period itself: a late duplicate has this long to show
+    late = {key: n for key in reply_lists if (n := client.llen(key))}
+    assert not late, f"late replies (list: count): {late}"
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 20) -> None:

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 import redis
 from bridgekit import cleanup, make_setup
-from conftest import start_worker, stop_processes, wait_ready
+from conftest import assert_no_late_replies, start_worker, stop_processes, wait_ready
 
 from bridge.emulator.testing import EmulatorHandle, wait_until
+
+OUTAGE_LINE = "Connection refused"  # what the worker logs when Redis has gone
 
 
 class PrivateRedis:
@@ -80,21 +82,25 @@ def test_worker_survives_a_redis_restart(
     emulator: EmulatorHandle, private_redis: PrivateRedis, tmp_path: Path
 ) -> None:
     setup = make_setup(emulator, private_redis.url, tmp_path / "worker.log")
+    submissions = emulator.stats("echo")["submissions"]
     worker = start_worker(setup.env, setup.log)
     try:
         wait_ready(setup.app, worker, setup.log)
         sent = [setup.producer.send("echo", {"k": k, "sleep_ms": 2000}) for k in range(100)]
         wait_until(lambda: setup.states([r for r, _ in sent]) == {b"submitted": 100}, timeout=30)
+        noticed = setup.log.read_text().count(OUTAGE_LINE)
         private_redis.stop()
-        time.sleep(1.0)  # Redis is away for a while
+        # Redis stays away until the worker has run into the outage
+        wait_until(lambda: setup.log.read_text().count(OUTAGE_LINE) > noticed, timeout=30)
         private_redis.start()
         after = [setup.producer.send("echo", {"after": k}) for k in range(20)]
-        results = [
-            replies_surviving_outages(setup.redis, reply_to, 60) for _, reply_to in sent + after
-        ]
+        replies = [replies_surviving_outages(setup.redis, to, 60) for _, to in sent + after]
+        assert_no_late_replies(setup.redis, setup.settings, [to for _, to in sent + after])
         assert worker.poll() is None, "the worker died with Redis"
     finally:
         stop_processes([worker])
         cleanup(setup)
-    assert [len(r) for r in results] == [1] * 120
-    assert {r[-1]["status"] for r in results} == {"COMPLETED"}
+    assert [len(r) for r in replies] == [1] * 120
+    assert {r[-1]["status"] for r in replies} == {"COMPLETED"}
+    # one GPU job per request, counted by the endpoint: a resubmission would show here
+    assert emulator.stats("echo")["submissions"] - submissions == 120
