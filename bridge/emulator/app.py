@@ -8,7 +8,6 @@ injection and RunPod's rate limits.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,8 +18,18 @@ from pydantic import ValidationError
 
 from bridge.emulator import admin_graphql, admin_rest, queue_api, worker_api
 from bridge.emulator.engine import Conflict, Engine, UnknownEndpoint, UnknownJob
-from bridge.emulator.http import ENGINE, SETTINGS, ApiError, error_response, ok, read_json
+from bridge.emulator.faults import UNHARMED, Fate, fail_op_message
+from bridge.emulator.http import (
+    ENGINE,
+    KEY_ID,
+    SETTINGS,
+    ApiError,
+    error_response,
+    ok,
+    read_json,
+)
 from bridge.emulator.limits import RateLimiter
+from bridge.emulator.security import KEYRING, KeyRing, require_key
 from bridge.emulator.settings import EmulatorSettings, FaultConfig
 from bridge.emulator.webhooks import WebhookSender
 from bridge.emulator.workers import Fleet
@@ -29,8 +38,6 @@ log = logging.getLogger("bridge.emulator")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
-KEYS: web.AppKey[tuple[str, ...]] = web.AppKey("keys")
-KEY_ID: web.RequestKey[str] = web.RequestKey("key_id", str)
 
 
 @web.middleware
@@ -60,29 +67,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal emulator error (see the emulator's log)")
 
 
-def _presented_key(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
-    if header:
-        scheme, _, rest = header.partition(" ")
-        return rest.strip() if scheme.lower() == "bearer" and rest else header.strip()
-    if request.path.rstrip("/") == "/graphql":
-        return request.query.get("api_key")
-    return None
-
-
-@web.middleware
-async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    presented = _presented_key(request)
-    if presented is not None:
-        keys: tuple[str, ...] = request.app[KEYS]
-        for index, key in enumerate(keys):
-            if hmac.compare_digest(presented.encode(), key.encode()):
-                request[KEY_ID] = str(index)
-                return await handler(request)
-        return error_response(401, "invalid API key")
-    return error_response(401, "missing API key: send 'Authorization: Bearer <key>'")
-
-
 @web.middleware
 async def queue_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Counters, fault injection and rate limits for the queue API's routes."""
@@ -95,11 +79,13 @@ async def queue_guard(request: web.Request, handler: Handler) -> web.StreamRespo
     counters = state.counters
     counters.requests[operation] = counters.requests.get(operation, 0) + 1
     faults = state.config.faults
-    if faults.active:
-        early = await _inject(request, faults, engine)
-        if early is not None:
-            counters.faults_injected += 1
-            return early
+    # The fate is drawn now, before anything awaits: arrival order decides the sequence.
+    fate = state.dice.roll(operation) if faults.active and state.dice else UNHARMED
+    if faults.latency_ms:
+        await asyncio.sleep(faults.latency_ms / 1000)
+    if fate.early is not None:
+        counters.count_fault(fate.early)
+        return _injected(request, fate, state.id, operation)
     settings = request.app[SETTINGS]
     if settings.rate_limits_enabled:
         wait = request.app[LIMITER].check(request[KEY_ID], state.id, operation)
@@ -112,23 +98,23 @@ async def queue_guard(request: web.Request, handler: Handler) -> web.StreamRespo
                 {"Retry-After": str(wait)},
             )
     response = await handler(request)
-    if faults.drop_after_rate and engine.rng.random() < faults.drop_after_rate:
-        counters.faults_injected += 1
+    if fate.drop_after:
+        counters.count_fault("dropped_after")
         return _drop(request)
     return response
 
 
-async def _inject(request: web.Request, faults: FaultConfig, engine: Engine) -> web.Response | None:
-    rng = engine.rng
-    if faults.latency_ms:
-        await asyncio.sleep(faults.latency_ms / 1000)
-    if faults.drop_rate and rng.random() < faults.drop_rate:
+def _injected(request: web.Request, fate: Fate, endpoint_id: str, operation: str) -> web.Response:
+    if fate.early == "dropped":
         return _drop(request)
-    if faults.rate_limit_rate and rng.random() < faults.rate_limit_rate:
+    if fate.early == "rate_limited":
         return error_response(429, "injected fault: rate limited", {"Retry-After": "1"})
-    if faults.error_rate and rng.random() < faults.error_rate:
+    if fate.early == "error":
         return error_response(500, "injected fault: internal server error")
-    return None
+    job_id = request.match_info.get("job_id")
+    message = fail_op_message(fate.status, operation, endpoint_id, job_id)
+    headers = {"Retry-After": "1"} if fate.status == 429 else None
+    return error_response(fate.status, message, headers)
 
 
 def _drop(request: web.Request) -> web.Response:
@@ -168,8 +154,19 @@ async def set_faults(request: web.Request) -> web.Response:
     except ValidationError as exc:
         details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ApiError(400, f"invalid faults: {details}") from None
-    state = engine.update_endpoint(endpoint_id, faults=faults)
+    state = engine.set_faults(endpoint_id, faults)
     return ok(state.config.faults.model_dump())
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    """``POST /_emulator/keys/revoke`` ``{"key": "..."}``: that key gets 401 from now on."""
+    body = await read_json(request, max_bytes=4096)
+    key = body.get("key") if isinstance(body, dict) else None
+    if not isinstance(key, str) or not key:
+        raise ApiError(400, 'body must be {"key": "<the API key to revoke>"}')
+    if not request.app[KEYRING].revoke(key):
+        raise ApiError(404, "no such API key")
+    return ok({"revoked": True})
 
 
 class _AccessLogger(AbstractAccessLogger):
@@ -190,7 +187,7 @@ def create_app(settings: EmulatorSettings | None = None, **kwargs: Any) -> web.A
 
     Args:
         settings: the configuration; ``EmulatorSettings.load()`` when omitted.
-        **kwargs: passed to :class:`Engine` (``clock=``, ``rng=``) for tests.
+        **kwargs: passed to :class:`Engine` (``clock=``) for tests.
     """
     settings = settings or EmulatorSettings.load()
     app = web.Application(
@@ -200,7 +197,7 @@ def create_app(settings: EmulatorSettings | None = None, **kwargs: Any) -> web.A
     engine = Engine(settings, **kwargs)
     app[SETTINGS] = settings
     app[ENGINE] = engine
-    app[KEYS] = tuple(settings.accepted_keys())
+    app[KEYRING] = KeyRing(settings.accepted_keys())
     app[LIMITER] = RateLimiter(settings.rate_limits, settings.rate_window_s, engine.now)
     fleet = Fleet(engine)
     webhooks = WebhookSender(engine)
@@ -222,6 +219,7 @@ def create_app(settings: EmulatorSettings | None = None, **kwargs: Any) -> web.A
     app.router.add_get("/_emulator/jobs/{endpoint_id}", jobs)
     app.router.add_put("/_emulator/faults/{endpoint_id}", set_faults)
     app.router.add_post("/_emulator/faults/{endpoint_id}", set_faults)
+    app.router.add_post("/_emulator/keys/revoke", revoke_key)
     return app
 
 

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bridge.emulator.settings import EXTERNAL, EmulatorSettings, EndpointConfig, TemplateConfig
+from bridge.emulator.faults import FaultDice, seed_for
+from bridge.emulator.settings import (
+    EXTERNAL,
+    EmulatorSettings,
+    EndpointConfig,
+    FaultConfig,
+    TemplateConfig,
+)
 from bridge.emulator.state import (
     CANCELLED,
     COMPLETED,
@@ -50,14 +56,13 @@ class Engine:
         settings: EmulatorSettings,
         *,
         clock: Callable[[], float] | None = None,
-        rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self._clock = clock
-        self.rng = rng or random.Random()
         self.templates: dict[str, TemplateConfig] = {t.id: t for t in settings.templates}
         self.endpoints: dict[str, EndpointState] = {}
         self.on_final: list[Callable[[EndpointState, Job], None]] = []
+        self.on_take: list[Callable[[EndpointState, Job], None]] = []
         self.on_change: list[Callable[[EndpointState], None]] = []
         for config in settings.endpoints:
             self.add_endpoint(config)
@@ -78,6 +83,7 @@ class Engine:
             raise UnknownEndpoint(f"template {config.templateId!r} not found")
         # Wall-clock time (not the engine clock): the admin API reports it as createdAt.
         state = EndpointState(config=config, created_at=time.time())
+        self._reseed(state)
         self.endpoints[config.id] = state
         self.changed(state)
         return state
@@ -90,8 +96,18 @@ class Engine:
         # Validate the merged config before installing it: a rejected change must leave
         # the endpoint exactly as it was.
         state.config = EndpointConfig.model_validate({**state.config.model_dump(), **changes})
+        if "faults" in changes:
+            self._reseed(state)
         self.changed(state)
         return state
+
+    def set_faults(self, endpoint_id: str, faults: FaultConfig) -> EndpointState:
+        """Replace an endpoint's injected faults; their sequence starts again from its seed."""
+        return self.update_endpoint(endpoint_id, faults=faults)
+
+    def _reseed(self, state: EndpointState) -> None:
+        faults = state.config.faults
+        state.dice = FaultDice(faults, seed_for(faults, self.settings.fault_seed, state.id))
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         state = self.endpoint(endpoint_id)
@@ -174,6 +190,8 @@ class Engine:
         timeout_ms = job.policy.execution_timeout_ms or state.config.executionTimeoutMs
         self._schedule(job, timeout_ms / 1000, lambda: self._time_out(state, job))
         job.notify()
+        for callback in self.on_take:
+            callback(state, job)
         return job
 
     def progress(self, state: EndpointState, job: Job, value: Any) -> None:
@@ -298,7 +316,7 @@ class Engine:
             if not worker.jobs:
                 worker.state = "idle"
             if worker.external and stop:
-                worker.signal_stop(job.id)
+                worker.signal_stop(job.id, handed_at=job.started_at or 0.0)
         task, job.task = job.task, None
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()

@@ -12,6 +12,8 @@ from bridge.emulator.settings import EmulatorSettings
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 SETTINGS: web.AppKey[EmulatorSettings] = web.AppKey("settings", EmulatorSettings)
+KEY_ID: web.RequestKey[str] = web.RequestKey("key_id", str)
+"""The id of the API key a request was authenticated with (never the key itself)."""
 
 
 class ApiError(Exception):

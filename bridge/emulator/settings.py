@@ -8,6 +8,7 @@ Endpoint and template fields use RunPod's own camelCase names.
 from __future__ import annotations
 
 import ipaddress
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,25 +49,65 @@ DEFAULT_RATE_LIMITS: dict[str, int] = {
 """RunPod's documented per-endpoint limits, requests per ``rate_window_s`` (10 s)."""
 
 
+QUEUE_OPERATIONS = (
+    "run", "runsync", "status", "status-sync", "stream", "cancel", "retry", "purge-queue",
+    "health",
+)  # fmt: skip
+"""The queue API's operations, as ``/_emulator/stats`` counts them and ``fail_ops`` names them."""
+
+MAX_LATENCY_MS = 60_000
+"""The longest injected latency: a fault must not hold a connection (and a slot) for ever."""
+
+
 class FaultConfig(BaseModel):
-    """Faults injected into one endpoint's queue API (client side), for reliability tests."""
+    """Faults injected into one endpoint's queue API (client side), for reliability tests.
+
+    Every request draws its fate once, on arrival, from the endpoint's own random source,
+    so a given ``seed`` (or the server's ``fault_seed``) gives the same faults to the same
+    sequence of requests. ``fail_ops`` is not random: every request of a named operation
+    gets that HTTP status.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     error_rate: float = Field(0.0, ge=0, le=1, description="probability of a 500 reply")
-    latency_ms: int = Field(0, ge=0, description="delay added before every reply")
+    latency_ms: int = Field(
+        0, ge=0, le=MAX_LATENCY_MS, description="delay added before every reply"
+    )
     drop_rate: float = Field(0.0, ge=0, le=1, description="connection dropped, unprocessed")
     drop_after_rate: float = Field(
         0.0, ge=0, le=1, description="request processed, then the connection dropped"
     )
     rate_limit_rate: float = Field(0.0, ge=0, le=1, description="probability of a forced 429")
+    seed: int | None = Field(
+        None, description="seed of this endpoint's fault sequence (default: fault_seed)"
+    )
+    fail_ops: dict[str, int] = Field(
+        default_factory=dict,
+        description='operation -> HTTP status every such request gets, e.g. {"status": 401}',
+    )
+
+    @field_validator("fail_ops")
+    @classmethod
+    def _known_operations(cls, value: dict[str, int]) -> dict[str, int]:
+        for operation, status in value.items():
+            if operation not in QUEUE_OPERATIONS:
+                raise ValueError(
+                    f"unknown operation {operation!r}; one of {', '.join(QUEUE_OPERATIONS)}"
+                )
+            if status not in _ERROR_STATUSES:
+                raise ValueError(f"{operation}: {status} is not an HTTP error status (400-599)")
+        return value
 
     @property
     def active(self) -> bool:
         return any(
             (self.error_rate, self.latency_ms, self.drop_rate, self.drop_after_rate,
-             self.rate_limit_rate)
+             self.rate_limit_rate, self.fail_ops)
         )  # fmt: skip
+
+
+_ERROR_STATUSES = frozenset(s.value for s in HTTPStatus if 400 <= s.value <= 599)
 
 
 class TemplateConfig(BaseModel):
@@ -149,6 +190,10 @@ class EmulatorSettings(BaseSettings):
         description="requests per window, per operation, endpoint and key (RunPod's)",
     )
     rate_window_s: float = Field(10.0, gt=0, description="the rate limits' window")
+    fault_seed: int | None = Field(
+        None,
+        description="seeds each endpoint's injected faults (a faults.seed wins); unset: random",
+    )
 
     run_max_bytes: int = Field(10 * 1024 * 1024, description="largest /run body (413 above)")
     runsync_max_bytes: int = Field(20 * 1024 * 1024, description="largest /runsync body")
@@ -168,6 +213,9 @@ class EmulatorSettings(BaseSettings):
 
     job_take_hold_s: float = Field(30.0, ge=0, description="long-poll of job-take/job-stop")
     worker_dead_after_s: float = Field(60.0, gt=0, description="silence before a worker is dead")
+    stop_redeliver_s: float = Field(
+        0.25, gt=0, description="pause before job-stop repeats a stop the worker has not obeyed"
+    )
 
     webhook_attempts: int = Field(
         3, ge=1, description="deliveries of a webhook, the first included"

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.emulator.faults import KINDS, FaultDice
 from bridge.emulator.settings import EndpointConfig
 
 IN_QUEUE = "IN_QUEUE"
@@ -124,39 +125,87 @@ class Job:
                 self._waiters.remove(fut)
 
 
+@dataclass
+class PendingStop:
+    """A stop signal for a job its (external) worker may still be running."""
+
+    handed_at: float  # when the job was handed to the worker (engine clock)
+    delivered: bool = False  # sent on job-stop at least once
+    listed: bool = False  # seen in one of the worker's pings
+
+
 @dataclass(eq=False)
 class Worker:
-    """A worker, simulated in-process or external (a real worker process polling us)."""
+    """A worker, simulated in-process or external (a real worker process polling us).
+
+    An external worker's stop signals stay pending until the worker shows it no longer
+    holds the job (runpod 1.12 ignores a stop for a job it has taken but not yet started,
+    so a signal sent once can be lost): it reports the job done, a ping stops listing it,
+    or it asks for work while holding nothing. Pending stops are sent on every job-stop
+    poll; a poll with nothing new is held ``redeliver_s`` before it repeats them, so the
+    worker does not spin.
+    """
 
     id: str
     external: bool
     state: str = "initializing"  # initializing | idle | running | throttled | unhealthy
     last_seen: float = 0.0
+    key_id: str | None = None  # the API key an external worker speaks with
     jobs: set[str] = field(default_factory=set)
-    to_stop: list[str] = field(default_factory=list)
+    stops: dict[str, PendingStop] = field(default_factory=dict)
+    last_ping: float | None = None
     task: asyncio.Task[None] | None = None
     _stop_waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
-    def signal_stop(self, job_id: str) -> None:
-        self.to_stop.append(job_id)
+    def signal_stop(self, job_id: str, handed_at: float) -> None:
+        """Ask the worker to stop ``job_id`` (handed to it at ``handed_at``)."""
+        self.stops[job_id] = PendingStop(handed_at=handed_at)
+        self._wake()
+
+    def stopped(self, job_id: str) -> None:
+        """The worker no longer holds ``job_id``: forget its stop."""
+        self.stops.pop(job_id, None)
+
+    def pinged(self, listed: set[str], now: float) -> None:
+        """A ping listing the job ids the worker holds. A pending stop ends when a ping
+        stops listing its job, or when a ping without it follows an earlier ping received
+        after the job was handed out (the first such ping may have been written before the
+        worker had the job)."""
+        for job_id, stop in list(self.stops.items()):
+            if job_id in listed:
+                stop.listed = True
+            elif stop.listed or (self.last_ping is not None and self.last_ping > stop.handed_at):
+                del self.stops[job_id]
+        self.last_ping = now
+
+    def holds_nothing(self) -> None:
+        """The worker asked for work saying it holds no job: every pending stop is moot."""
+        self.stops.clear()
+
+    def _wake(self) -> None:
         waiters, self._stop_waiters = self._stop_waiters, []
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
 
-    async def wait_stop(self, timeout: float) -> list[str]:
-        if not self.to_stop and timeout > 0:
+    async def wait_stop(self, timeout: float, redeliver_s: float) -> list[str]:
+        """The job ids to stop: at once when a signal is new, else after ``redeliver_s``
+        when signals are pending, else after ``timeout`` or at the next new signal."""
+        fresh = any(not stop.delivered for stop in self.stops.values())
+        hold = 0.0 if fresh else min(timeout, redeliver_s) if self.stops else timeout
+        if hold > 0:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._stop_waiters.append(fut)
             try:
-                await asyncio.wait_for(fut, timeout)
+                await asyncio.wait_for(fut, hold)
             except TimeoutError:
                 pass
             finally:
                 if fut in self._stop_waiters:
                     self._stop_waiters.remove(fut)
-        ids, self.to_stop = self.to_stop, []
-        return ids
+        for stop in self.stops.values():
+            stop.delivered = True
+        return list(self.stops)
 
 
 @dataclass
@@ -172,10 +221,19 @@ class Counters:
     webhooks_failed: int = 0
     responses_429: int = 0
     faults_injected: int = 0
+    faults_by_kind: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     requests: dict[str, int] = field(default_factory=dict)
 
+    def count_fault(self, kind: str) -> None:
+        self.faults_injected += 1
+        self.faults_by_kind[kind] += 1
+
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "requests": dict(self.requests)}
+        return {
+            **self.__dict__,
+            "faults_by_kind": dict(self.faults_by_kind),
+            "requests": dict(self.requests),
+        }
 
 
 @dataclass(eq=False)
@@ -191,6 +249,7 @@ class EndpointState:
     retried: int = 0
     counters: Counters = field(default_factory=Counters)
     created_at: float = 0.0
+    dice: FaultDice | None = None  # set by the engine from config.faults
     _queue_waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     @property

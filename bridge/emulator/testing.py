@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import httpx
 from bridge.emulator.app import create_app, start_site
 from bridge.emulator.engine import Engine
 from bridge.emulator.http import ENGINE
+from bridge.emulator.security import KEYRING, KeyRing
 from bridge.emulator.settings import EmulatorSettings
 
 
@@ -35,6 +37,7 @@ class EmulatorHandle:
     engine: Engine
     loop: asyncio.AbstractEventLoop
     _http: httpx.Client = field(repr=False)
+    _keys: KeyRing = field(repr=False)
 
     @property
     def base_url(self) -> str:
@@ -55,6 +58,32 @@ class EmulatorHandle:
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
+
+    def fail_ops(self, endpoint_id: str, ops: dict[str, int], **faults: Any) -> dict[str, Any]:
+        """Make every request of the named queue operations answer an HTTP status, e.g.
+        ``fail_ops("echo", {"status": 404, "status-sync": 404})`` for a vanished job;
+        ``faults`` are other ``FaultConfig`` fields. ``set_faults(endpoint_id)`` clears."""
+        return self.set_faults(endpoint_id, fail_ops=ops, **faults)
+
+    def fault_counts(self, endpoint_id: str) -> dict[str, int]:
+        """Faults injected on the endpoint so far, by kind (``dropped``, ``rate_limited``,
+        ``error``, ``dropped_after``, ``fail_op``)."""
+        counts: dict[str, int] = self.stats(endpoint_id)["faults_by_kind"]
+        return counts
+
+    def add_key(self, key: str | None = None) -> str:
+        """Accept one more API key (a fresh random one by default) and return it: a key a
+        test may revoke without locking itself out."""
+        key = key or f"test-{secrets.token_urlsafe(16)}"
+        self.call(self._keys.add, key)
+        return key
+
+    def revoke_key(self, key: str) -> None:
+        """Revoke ``key`` through ``POST /_emulator/keys/revoke``, as a user deleting it in
+        RunPod's console: it gets 401 everywhere from now on. Revoking this handle's own
+        ``api_key`` breaks its HTTP helpers; revoke a key from :meth:`add_key` instead."""
+        response = self._http.post("/_emulator/keys/revoke", json={"key": key})
+        response.raise_for_status()
 
     def stats(self, endpoint_id: str) -> dict[str, Any]:
         """The endpoint's counters: submissions, cancels, purges, requests by operation …"""
@@ -104,7 +133,9 @@ def running_emulator(
     key = settings.accepted_keys()[0]
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     try:
-        yield EmulatorHandle(url=url, api_key=key, engine=app[ENGINE], loop=loop, _http=http)
+        yield EmulatorHandle(
+            url=url, api_key=key, engine=app[ENGINE], loop=loop, _http=http, _keys=app[KEYRING]
+        )
     finally:
         http.close()
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)

@@ -55,6 +55,8 @@ async def _take(request: web.Request, batch: bool) -> web.Response:
             size = max(1, int(request.query.get("batch_size", "1")))
         except ValueError:
             raise ApiError(400, "batch_size must be an integer") from None
+    if request.query.get("job_in_progress") == "0":
+        worker.holds_nothing()
     deadline = engine.now() + request.app[SETTINGS].job_take_hold_s
     while not state.queue and engine.now() < deadline:
         await state.wait_queue(deadline - engine.now())
@@ -82,25 +84,33 @@ async def job_take_batch(request: web.Request) -> web.Response:
     return await _take(request, batch=True)
 
 
-def _running_job(request: web.Request) -> tuple[Engine, EndpointState, Job | None]:
+def _running_job(request: web.Request, *, done: bool = False) -> tuple[Engine, EndpointState, Job]:
+    """The job a worker reports on. Reports for a job that has already ended (cancelled,
+    timed out) are accepted and ignored by the engine; ``done`` says the worker no longer
+    holds the job, so a stop still pending for it is over."""
     engine = request.app[ENGINE]
     state = engine.endpoint(request.match_info["endpoint_id"])
-    _worker(engine, state, request.match_info["worker_id"])
-    job = state.jobs.get(request.match_info["job_id"])
-    if job is None:
-        raise ApiError(404, f"job {request.match_info['job_id']!r} not found (expired?)")
-    if job.worker_id != request.match_info["worker_id"]:
+    worker = _worker(engine, state, request.match_info["worker_id"])
+    job_id = request.match_info["job_id"]
+    job = state.jobs.get(job_id)
+    if job is None or job.worker_id != worker.id:
+        if done:
+            worker.stopped(job_id)
+        if job is None:
+            raise ApiError(404, f"job {job_id!r} not found (expired?)")
         raise ApiError(400, f"job {job.id!r} is not assigned to this worker")
+    if done:
+        worker.stopped(job_id)
     return engine, state, job
 
 
 async def job_done(request: web.Request) -> web.Response:
-    engine, state, job = _running_job(request)
     body = await read_json(request, max_bytes=_MAX_RESULT_BYTES)
     if not isinstance(body, dict):
         raise ApiError(400, "job-done body must be a JSON object")
-    assert job is not None
-    if body.get("status") == "IN_PROGRESS":
+    progress = body.get("status") == "IN_PROGRESS"
+    engine, state, job = _running_job(request, done=not progress)
+    if progress:
         engine.progress(state, job, body.get("output"))
         return ok({})
     error = body.get("error")
@@ -115,11 +125,10 @@ async def job_done(request: web.Request) -> web.Response:
 
 
 async def job_stream(request: web.Request) -> web.Response:
-    engine, state, job = _running_job(request)
     body = await read_json(request, max_bytes=_MAX_CHUNK_BYTES)
     if not isinstance(body, dict) or "output" not in body:
         raise ApiError(400, 'job-stream body must be {"output": <chunk>}')
-    assert job is not None
+    engine, state, job = _running_job(request)
     engine.add_chunk(state, job, body["output"])
     return ok({})
 
@@ -128,7 +137,8 @@ async def job_stop(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     state = engine.endpoint(request.match_info["endpoint_id"])
     worker = _worker(engine, state, request.match_info["worker_id"])
-    ids = await worker.wait_stop(request.app[SETTINGS].job_take_hold_s)
+    settings = request.app[SETTINGS]
+    ids = await worker.wait_stop(settings.job_take_hold_s, settings.stop_redeliver_s)
     worker.last_seen = engine.now()
     if not ids:
         return web.Response(status=204)
@@ -141,6 +151,9 @@ async def ping(request: web.Request) -> web.Response:
     worker = _worker(engine, state, request.match_info["worker_id"])
     if request.query.get("status") == "unhealthy":
         worker.state = "unhealthy"
+    else:  # runpod 1.12 sends the ids it holds, comma-separated; none: no job_id at all
+        listed = {i for i in request.query.get("job_id", "").split(",") if i}
+        worker.pinged(listed, engine.now())
     return ok({})
 
 

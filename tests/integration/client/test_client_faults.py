@@ -31,41 +31,61 @@ def counters(emu: EmulatorHandle) -> dict[str, Any]:
     return emu.stats("flaky")
 
 
+def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
+    """Requests by operation and injected faults by kind between two stats readings."""
+    changes = {
+        f"faults.{k}": v - before["faults_by_kind"][k] for k, v in after["faults_by_kind"].items()
+    }
+    changes |= {op: n - before["requests"].get(op, 0) for op, n in after["requests"].items()}
+    changes["submissions"] = after["submissions"] - before["submissions"]
+    return {k: v for k, v in changes.items() if v}
+
+
+# The seeds below were picked for the sequences they give (faults.FaultDice draws one
+# number per enabled fault per request, in arrival order); the counts are what the
+# emulator injects for them, checked against its own counters. A change of the dice
+# changes these numbers, and these tests say so.
+
+
 async def test_idempotent_calls_survive_5xx(
     client: Client, client_emulator: EmulatorHandle, faults: Any
 ) -> None:
     job = await client.run("flaky", {"sleep_ms": 30})
-    faults(error_rate=0.3)  # 20 calls: some 500 for sure, 8 in a row practically never
-    before = counters(client_emulator)["faults_injected"]
-    for _ in range(20):
-        assert (await client.health("flaky"))["jobs"]["completed"] >= 0
+    # Seed 3 at 30 %: 28 requests for 20 answers, 8 of them 500, never more than 2 in a row.
+    faults(error_rate=0.3, seed=3)
+    before = counters(client_emulator)
+    answers = [await client.health("flaky") for _ in range(20)]
+    after = counters(client_emulator)
+    assert all(set(a) == {"jobs", "workers"} for a in answers)
+    # Every injected 500 was retried once, and nothing else was sent.
+    assert delta(before, after) == {"faults.error": 8, "health": 28}
     assert await job.output(timeout=10) == {"sleep_ms": 30}
     assert (await job.status())["status"] == "COMPLETED"
-    assert counters(client_emulator)["faults_injected"] > before
 
 
 async def test_run_is_not_resent_after_a_5xx(
     client: Client, client_emulator: EmulatorHandle, faults: Any
 ) -> None:
     faults(error_rate=1.0)
-    before = counters(client_emulator)["requests"].get("run", 0)
+    before = counters(client_emulator)
     with pytest.raises(errors.ServerError, match="injected"):
         await client.run("flaky", {"x": 1})
-    assert counters(client_emulator)["requests"]["run"] == before + 1
+    assert delta(before, counters(client_emulator)) == {"faults.error": 1, "run": 1}
 
 
 async def test_run_is_resent_after_a_429_honouring_retry_after(
     client: Client, client_emulator: EmulatorHandle, faults: Any
 ) -> None:
-    faults(rate_limit_rate=0.3)
+    # Seed 1 at 30 %: the 1st and 4th /run requests get 429 (Retry-After: 1).
+    faults(rate_limit_rate=0.3, seed=1)
     before = counters(client_emulator)
     started = time.monotonic()
     jobs = [await client.run("flaky", {"k": k}) for k in range(3)]
     elapsed = time.monotonic() - started
     after = counters(client_emulator)
-    limited = after["faults_injected"] - before["faults_injected"]
-    assert after["submissions"] - before["submissions"] == 3  # one job per run() call
-    assert elapsed >= limited * 1.0  # each 429 said Retry-After: 1
+    # One job per run() call: a 429 was not processed, so resending it is safe.
+    assert delta(before, after) == {"faults.rate_limited": 2, "run": 5, "submissions": 3}
+    assert elapsed >= 2 * 1.0  # each 429 said Retry-After: 1
     faults()
     assert [await job.output(timeout=10) for job in jobs] == [{"k": k} for k in range(3)]
 
@@ -74,24 +94,33 @@ async def test_dropped_connections(
     client: Client, client_emulator: EmulatorHandle, faults: Any
 ) -> None:
     job = await client.run("flaky", {"sleep_ms": 10})
-    faults(drop_rate=0.3)
     assert await job.output(timeout=10) == {"sleep_ms": 10}
+    # Seed 2 at 30 %: 13 /status requests for 10 answers, 3 of them dropped unanswered.
+    faults(drop_rate=0.3, seed=2)
+    before = counters(client_emulator)
+    answers = [await job.status() for _ in range(10)]
+    assert delta(before, counters(client_emulator)) == {"faults.dropped": 3, "status": 13}
+    assert {a["status"] for a in answers} == {"COMPLETED"}
     faults(drop_rate=1.0)
-    before = counters(client_emulator)["requests"].get("run", 0)
+    before = counters(client_emulator)
     with pytest.raises(errors.TransportError) as caught:
         await client.run("flaky", {"x": 1})
     assert not isinstance(caught.value, errors.ConnectError)  # it may have been received
-    assert counters(client_emulator)["requests"]["run"] == before + 1
+    assert delta(before, counters(client_emulator)) == {"faults.dropped": 1, "run": 1}
 
 
 async def test_a_run_processed_then_dropped_is_not_submitted_twice(
     client: Client, client_emulator: EmulatorHandle, faults: Any
 ) -> None:
     faults(drop_after_rate=1.0)
-    before = counters(client_emulator)["submissions"]
+    before = counters(client_emulator)
     with pytest.raises(errors.TransportError):
         await client.run("flaky", {"x": 1})
-    assert counters(client_emulator)["submissions"] == before + 1
+    assert delta(before, counters(client_emulator)) == {
+        "faults.dropped_after": 1,
+        "run": 1,
+        "submissions": 1,
+    }
 
 
 async def test_a_job_deleted_at_its_ttl_is_expired(client: Client) -> None:

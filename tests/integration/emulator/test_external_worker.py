@@ -9,6 +9,8 @@ worker is killed (with its heartbeat child process) when the test ends.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import importlib.util
 import json
 import os
@@ -252,6 +254,68 @@ def test_cancel_stops_the_running_handler(
     assert "output" not in cancelled
     assert sorted(first.glob("tick-*")) == ticks, "the cancelled handler went on running"
     assert len(ticks) < 400
+
+
+def _records(worker: ExternalWorker, job_id: str) -> list[str]:
+    """The worker's log messages about ``job_id``, in order."""
+    return [
+        str(r.get("message"))
+        for r in worker.log_records()
+        if r.get("requestId") == job_id or job_id in str(r.get("message"))
+    ]
+
+
+def test_a_stop_for_a_job_taken_but_not_started_is_repeated_until_obeyed(
+    emu: EmulatorHandle, api: httpx.Client, tmp_path: Path
+) -> None:
+    """Issue 11 item 4. runpod 1.12 queues a taken job and starts its task up to 100 ms
+    later; a stop arriving in between finds no task and is dropped ("No in-progress job").
+    The emulator keeps the stop pending and repeats it on job-stop until the worker stops
+    listing the job, so the job ends CANCELLED and the worker moves on at once."""
+
+    def cancel_when_taken(state: Any, job: Any) -> None:
+        # Right after the job-take answer is written, before the worker can start it.
+        if isinstance(job.input, dict) and job.input.get("cancel_on_take"):
+            asyncio.get_running_loop().call_soon(emu.engine.cancel, state.id, job.id)
+
+    emu.call(emu.engine.on_take.append, cancel_when_taken)
+    with external_worker(emu, "slow_handler", tmp_path) as worker:
+        workers = emu.engine.endpoint(ENDPOINT).workers
+        wait_for("the worker to poll", lambda: worker.pod_id in workers, 30, worker)
+        # The first stop lands in the window almost always; retry a few times if the
+        # worker happened to start the task first (then this run proves nothing).
+        for attempt in range(5):
+            where = tmp_path / f"job{attempt}"
+            where.mkdir()
+            job_input = {"dir": str(where), "ticks": 600, "interval_ms": 50, "cancel_on_take": 1}
+            job_id = submit(api, job_input)
+            cancelled_at = time.monotonic()
+            stopped = functools.partial(lambda j: "Job stopped." in _records(worker, j), job_id)
+            wait_for("the worker to stop the job", stopped, 20, worker)
+            stopped_after = time.monotonic() - cancelled_at
+            messages = _records(worker, job_id)
+            if any("No in-progress job" in m for m in messages):
+                break
+        else:
+            pytest.fail(f"no stop ever landed before the job started:\n{worker.log()[-4000:]}")
+
+        # The worker is free again: it takes and finishes the next job within seconds
+        # (the cancelled one would have run 30 s).
+        follow_dir = tmp_path / "next"
+        follow_dir.mkdir()
+        next_id = submit(api, {"dir": str(follow_dir), "ticks": 2, "interval_ms": 10})
+        follow_up = final_status(api, next_id, worker, timeout=10)
+        took = time.monotonic() - cancelled_at
+        cancelled = status(api, job_id)
+        pending = emu.call(lambda: dict(emu.engine.endpoint(ENDPOINT).workers[worker.pod_id].stops))
+    assert stopped_after < 5, f"the repeated stop took {stopped_after:.1f} s"
+    assert follow_up["status"] == "COMPLETED", follow_up
+    assert follow_up["workerId"] == worker.pod_id
+    assert took < 10, f"the next job ended {took:.1f} s after the cancel"
+    assert cancelled["status"] == "CANCELLED", cancelled
+    assert "output" not in cancelled
+    assert len(list(where.glob("tick-*"))) < 100, "the cancelled handler went on running"
+    assert pending == {}, "the stop stayed pending after the worker let go of the job"
 
 
 def test_a_killed_worker_fails_its_job(tmp_path: Path) -> None:

@@ -224,7 +224,11 @@ def test_injected_faults() -> None:
         assert emu.stats("echo")["submissions"] == 1  # processed, answer lost
         emu.set_faults("echo")
         assert api.get("/echo/health").status_code == 200
-        assert emu.stats("echo")["faults_injected"] == 4
+        stats = emu.stats("echo")
+        assert stats["faults_injected"] == 4
+        assert stats["faults_by_kind"] == {
+            "dropped": 1, "rate_limited": 1, "error": 1, "dropped_after": 1, "fail_op": 0
+        }  # fmt: skip
         assert api.get("/stream/health").status_code == 200
 
 
