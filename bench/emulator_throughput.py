@@ -1,31 +1,31 @@
 """Emulator /status throughput from one client process, next to a bare aiohttp baseline.
 
 Both servers run as subprocesses on loopback; one client process (aiohttp, keep-alive,
-``--concurrency`` requests in flight) sends ``--requests`` GETs to each, three rounds,
+``--concurrency`` requests in flight) sends ``--requests`` GETs to each, ``--rounds`` rounds,
 alternating, and reports the median requests/s of each and their ratio.
 Rate limits are off in the emulator for this run (RunPod's 2000 per 10 s would cap it).
+Not a product target: it shows that the emulator is not what limits the other benchmarks.
 
-Run: ``.venv/bin/python bench/emulator_throughput.py`` (about 30 s).
+Run: ``.venv/bin/python bench/emulator_throughput.py`` (about 30 s; ``--quick``: 10 s).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import httpx
-from _common import free_port, wait_listening
+from _common import KEY, Emulator, free_port, process, wait_listening
+from _report import Report, per_s, run, times
 
-KEY = "bench-key"
+TARGET_RPS = 2000
 BASELINE_SERVER = """
 import sys
 from aiohttp import web
@@ -61,33 +61,24 @@ async def hammer(url: str, requests: int, concurrency: int) -> float:
         return requests / (time.perf_counter() - start)
 
 
-def main() -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=10_000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-
-    env = {
-        **os.environ,
-        "BRIDGE_EMULATOR_API_KEYS": KEY,
-        "BRIDGE_EMULATOR_RATE_LIMITS_ENABLED": "false",
-    }
-    emu_port, base_port = free_port(), free_port()
-    command = ["emulator", "--port", str(emu_port), "--log-level", "WARNING"]
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "bridge", *command], env=env, stdout=subprocess.DEVNULL
-    )
-    baseline = subprocess.Popen([sys.executable, "-c", BASELINE_SERVER, str(base_port)])
-    try:
-        wait_listening(emu_port)
+def measure(report: Report) -> None:
+    args = report.args
+    if args.quick:
+        args.requests, args.rounds = 3000, 2
+    base_port = free_port()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-emulator-") as tmp,
+        Emulator(Path(tmp), rate_limits=False).running() as emulator,
+        process([sys.executable, "-c", BASELINE_SERVER, str(base_port)], dict(os.environ),
+                Path(tmp) / "baseline.log"),
+    ):  # fmt: skip
         wait_listening(base_port)
         job = httpx.post(
-            f"http://127.0.0.1:{emu_port}/v2/echo/runsync",
+            f"{emulator.base_url}/echo/runsync",
             json={"input": {"a": 1}},
             headers={"Authorization": f"Bearer {KEY}"},
         ).json()
-        emu_url = f"http://127.0.0.1:{emu_port}/v2/echo/status/{job['id']}"
+        emu_url = f"{emulator.base_url}/echo/status/{job['id']}"
         base_url = f"http://127.0.0.1:{base_port}/v2/echo/status/{job['id']}"
         asyncio.run(hammer(emu_url, 500, args.concurrency))  # warm up both
         asyncio.run(hammer(base_url, 500, args.concurrency))
@@ -95,30 +86,30 @@ def main() -> dict[str, Any]:
         for _ in range(args.rounds):
             emu_rates.append(asyncio.run(hammer(emu_url, args.requests, args.concurrency)))
             base_rates.append(asyncio.run(hammer(base_url, args.requests, args.concurrency)))
-    finally:
-        for proc in (emulator, baseline):
-            proc.terminate()
-            proc.wait(timeout=10)
-    emu_median, base_median = statistics.median(emu_rates), statistics.median(base_rates)
-    result = {
-        "bench": "emulator_throughput",
-        "requests_per_round": args.requests,
-        "concurrency": args.concurrency,
-        "emulator_status_rps_median": round(emu_median),
-        "baseline_aiohttp_rps_median": round(base_median),
-        "ratio_emulator_to_baseline": round(emu_median / base_median, 3),
-        "target_rps": 2000,
-        "meets_target": emu_median >= 2000,
-        "rounds": {
-            "emulator": [round(r) for r in emu_rates],
-            "baseline": [round(r) for r in base_rates],
-        },
-    }
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "emulator_throughput.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
+    emu, base = statistics.median(emu_rates), statistics.median(base_rates)
+    report.figures.update(
+        requests_per_round=args.requests,
+        concurrency=args.concurrency,
+        emulator_status_rps_median=round(emu),
+        baseline_aiohttp_rps_median=round(base),
+        rounds={"emulator": [round(r) for r in emu_rates],
+                "baseline": [round(r) for r in base_rates]},
+    )  # fmt: skip
+    report.target(
+        f"emulator /status ≥ {TARGET_RPS:,}/s from one client (not the limit of the others)",
+        per_s(emu),
+        emu >= TARGET_RPS,
+        baseline=f"bare aiohttp {per_s(base)}",
+        ratio=times(emu / base),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    run("emulator_throughput", parser, measure)
 
 
 if __name__ == "__main__":
