@@ -16,12 +16,17 @@ from typing import Any
 
 import pytest
 from bridgekit import cleanup, make_setup
-from conftest import start_worker, wait_ready
+from conftest import assert_no_late_replies, start_worker, wait_ready
 
 from bridge.emulator.settings import EmulatorSettings, EndpointConfig, TemplateConfig
 from bridge.emulator.testing import EmulatorHandle, running_emulator, wait_until
 
 JOBS = 1000
+# From the kill to every job followed again. The design's 5 s is for a surviving worker
+# (bench/ measures it); here a new worker process must boot first, wait out the dead
+# one's 3 s lease and adopt 1,020 requests (5 s in all on an idle machine), on a machine
+# that may have one core taken by something else.
+FOLLOWED_AGAIN_S = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +49,12 @@ def big_emulator() -> Iterator[EmulatorHandle]:
     )
     with running_emulator(settings) as handle:
         yield handle
+
+
+def status_requests(emulator: EmulatorHandle) -> int:
+    """How many times the endpoint was asked about a job (plain, held or streamed)."""
+    requests = emulator.stats("echo")["requests"]
+    return sum(requests.get(op, 0) for op in ("status", "status-sync", "stream"))
 
 
 def test_kill_9_with_1000_jobs_in_flight(
@@ -71,32 +82,39 @@ def test_kill_9_with_1000_jobs_in_flight(
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
         killed_at = time.monotonic()
+        asked = status_requests(big_emulator)
         second = start_worker(setup.env, setup.log)
         wait_ready(setup.app, second, setup.log)
+        # Followed again: the dead worker asks nothing; the new one holds one status request
+        # per job (each held up to 20 s, and no job ends that soon), so the endpoint's count
+        # grows by one per job it follows.
+        wait_until(
+            lambda: status_requests(big_emulator) - asked >= JOBS + 20, timeout=60, interval=0.1
+        )
+        followed_in = time.monotonic() - killed_at
         replies: dict[str, list[dict[str, Any]]] = {}
         for request_id, reply_to in sent:
             replies[request_id] = list(setup.producer.replies(reply_to, timeout=60))
-        recovered_in = time.monotonic() - killed_at
+        answered_in = time.monotonic() - killed_at
         outputs = [r.get(timeout=60) for r in celery_door]
-        # a second read finds nothing more: exactly one final reply each
-        extra = sum(setup.redis.llen(reply_to) for _, reply_to in sent)
+        assert_no_late_replies(setup.redis, setup.settings, [reply_to for _, reply_to in sent])
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)
         cleanup(setup)
+    print(
+        f"\nkill -9 with {JOBS + 20} jobs in flight: followed again {followed_in:.1f} s and "
+        f"answered {answered_in:.1f} s after the kill"
+    )
     statuses = [r[-1]["status"] if r else "MISSING" for r in replies.values()]
     assert statuses == ["COMPLETED"] * JOBS
     assert all(len(r) == 1 for r in replies.values())
-    assert extra == 0
     assert [o["c"] for o in outputs] == list(range(20))
     stats = big_emulator.stats("echo")
     assert stats["submissions"] == JOBS + 20  # exactly one submission per request
-    print(
-        f"\nkill -9 with {JOBS + 20} jobs in flight: all {JOBS + 20} answered once, "
-        f"{stats['submissions']} submissions, results {recovered_in:.1f} s after the kill"
-    )
+    assert followed_in <= FOLLOWED_AGAIN_S
 
 
 @pytest.mark.parametrize(
