@@ -6,7 +6,7 @@ import socket
 import uuid
 
 import httpx
-from conftest import MakeBridge
+from conftest import MakeBridge, door_drained
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.emulator.testing import wait_until
@@ -41,8 +41,9 @@ def test_metrics_count_what_happened(make_bridge: MakeBridge) -> None:
     def value(name: str, **labels: str) -> float:
         return scrape(port).get((name, tuple(sorted(labels.items()))), 0.0)
 
+    wait_until(lambda: door_drained(bridge.redis, bridge.settings), timeout=30)  # dup handled
     wait_until(lambda: value("bridge_request_latency_seconds_count", route="echo",
-                             mode="poll") >= 5, timeout=10)  # fmt: skip
+                             mode="poll") >= 5, timeout=30)  # fmt: skip
     assert value("bridge_requests_received_total", door="json", route="echo") == 5
     assert value("bridge_requests_received_total", door="celery", route="echo") == 1
     assert value("bridge_dedup_hits_total", door="json") == 1
