@@ -16,6 +16,8 @@ from bridge.emulator.settings import EmulatorSettings, EndpointConfig, TemplateC
 from bridge.emulator.testing import EmulatorHandle, running_emulator, wait_until
 
 JOBS = 400
+FAULTS = {"error_rate": 0.10, "drop_rate": 0.05, "seed": 9}  # seeded: the same draws each run
+BURST = 50  # 429s the endpoint must have answered before the burst ends
 
 
 @pytest.fixture
@@ -39,13 +41,19 @@ def test_faults_lose_nothing_and_duplicate_nothing(
     worker = start_worker(setup.env, setup.log)
     try:
         wait_ready(setup.app, worker, setup.log)
-        flaky.set_faults("echo", error_rate=0.10, drop_rate=0.05)
+        flaky.set_faults("echo", **FAULTS)
         sent = [setup.producer.send("echo", {"k": k, "sleep_ms": 300}) for k in range(JOBS)]
         half = sent[: JOBS // 2]
         results = [list(setup.producer.replies(reply_to, timeout=120)) for _, reply_to in half]
-        flaky.set_faults("echo", error_rate=0.10, drop_rate=0.05, rate_limit_rate=1.0)
+        limited = flaky.stats("echo")["faults_by_kind"]["rate_limited"]
+        flaky.set_faults("echo", **FAULTS, rate_limit_rate=1.0)
         burst = [setup.producer.send("echo", {"burst": b}) for b in range(50)]
-        flaky.set_faults("echo", error_rate=0.10, drop_rate=0.05)  # the 429 burst ends
+        # the burst lasts until the endpoint has answered BURST requests with a 429
+        wait_until(
+            lambda: flaky.stats("echo")["faults_by_kind"]["rate_limited"] - limited >= BURST,
+            timeout=60,
+        )
+        flaky.set_faults("echo", **FAULTS)  # the 429 burst ends
         rest = sent[JOBS // 2 :] + burst
         results += [list(setup.producer.replies(reply_to, timeout=120)) for _, reply_to in rest]
         stats = flaky.stats("echo")
@@ -70,6 +78,11 @@ def test_faults_lose_nothing_and_duplicate_nothing(
     print(f"\n{total} jobs, {requests} requests, {faults} injected faults: "
           f"{statuses['COMPLETED']} completed, {stats['submissions']} submissions")  # fmt: skip
     assert requests > 1000
+    injected = stats["faults_by_kind"]
+    assert injected["rate_limited"] >= BURST
+    # a fixed seed: the first 1,000 draws alone hold dozens of each kind
+    assert injected["error"] >= 10, injected
+    assert injected["dropped"] >= 5, injected
     assert [(r["status"], r["reason"]) for r in doomed_results] == [("FAILED", "submit_failed")] * 3
     reasons = [fields[b"reason"] for _, fields in letters]
     assert reasons == [b"submit_failed"] * 3
