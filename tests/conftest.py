@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# Imported here, first: pytest puts each test directory on sys.path, and once
+# tests/integration is there its bridge/ folder would be found as a namespace package
+# named ``bridge`` in place of the real one.
+import bridge  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
