@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from bridge.emulator.engine import Engine
+from bridge.emulator.engine import Engine, NotAllowed
 from bridge.emulator.settings import EndpointConfig, TemplateConfig
 from bridge.emulator.state import EndpointState
 
@@ -160,12 +160,14 @@ def delete_endpoint(engine: Engine, endpoint_id: str, *, require_scaled_down: bo
 def save_template(engine: Engine, fields: dict[str, Any]) -> TemplateConfig:
     """Create a template, or update the one named by ``fields["id"]``.
 
-    ``imageName`` is what the emulator runs: a built-in handler name, an import path
-    ``package.module:function`` or ``external``. Any other image is accepted (as RunPod
-    would) but its jobs fail with a message saying the handler cannot be loaded.
+    ``imageName`` is what the emulator runs: ``external`` or the name of a handler it
+    was configured with at startup (the built-ins ``echo``, ``stream``, ``fail`` and its
+    ``handlers``). It is never an import path: the admin API cannot make the server
+    import anything new.
 
     Raises:
-        InvalidInput: a field is invalid or ``id`` names no template.
+        InvalidInput: a field is invalid, ``imageName`` names no allowed handler, or
+            ``id`` names no template.
     """
     template_id = fields.get("id")
     if template_id:
@@ -178,4 +180,7 @@ def save_template(engine: Engine, fields: dict[str, Any]) -> TemplateConfig:
         template = TemplateConfig.model_validate(fields)
     except ValidationError as exc:
         raise InvalidInput(describe(exc)) from None
-    return engine.save_template(template)
+    try:
+        return engine.save_template(template)
+    except NotAllowed as exc:
+        raise InvalidInput(str(exc)) from None

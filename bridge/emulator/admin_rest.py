@@ -3,12 +3,14 @@
 ``GET /v2/serverless`` → ``{"endpoints": [...]}``; ``POST`` creates (201);
 ``GET|PATCH|DELETE /v2/serverless/{id}`` (DELETE → 204). Errors are RFC 9457
 ``application/problem+json`` ``{"title", "status", "detail"}``: 400 for a body that is not
-a JSON object, 404 for an unknown endpoint, 422 for invalid fields.
+a JSON object, 404 for an unknown endpoint, 415 for a body that is not
+``application/json``, 422 for invalid fields.
 
 A body may name an ``image`` instead of a ``templateId``: the emulator then creates a
-template whose ``imageName`` is that image (a handler import path, ``echo``/``stream``/
-``fail``, or ``external``). ``requestUrls`` point at this server's queue API; the
-job-specific ones (``status``, ``stream``, ``cancel``, ``retry``) take ``/{jobId}`` appended.
+template whose ``imageName`` is that image, which must name an allowed handler (``echo``,
+``stream``, ``fail``, ``external`` or one of the server's configured ``handlers``; 422
+otherwise). ``requestUrls`` point at this server's queue API; the job-specific ones
+(``status``, ``stream``, ``cancel``, ``retry``) take ``/{jobId}`` appended.
 These routes must be registered before the queue API's ``/v2/{endpoint_id}/…``.
 """
 

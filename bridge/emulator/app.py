@@ -1,8 +1,8 @@
 """The emulator's aiohttp application: ``create_app(settings)`` and ``serve(settings)``.
 
-Middlewares, outermost first: JSON errors (no traceback ever leaves the server), API
-key check, then for queue-API routes (named ``q:<operation>``) request counters, fault
-injection and RunPod's rate limits.
+Middlewares, outermost first: JSON errors (no traceback ever leaves the server), the
+Host check and the API key check (``security``), then for queue-API routes (named
+``q:<operation>``) request counters, fault injection and RunPod's rate limits.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bridge.emulator.http import (
     read_json,
 )
 from bridge.emulator.limits import RateLimiter
-from bridge.emulator.security import KEYRING, KeyRing, require_key
+from bridge.emulator.security import KEYRING, KeyRing, check_host, require_key
 from bridge.emulator.settings import EmulatorSettings, FaultConfig
 from bridge.emulator.webhooks import WebhookSender
 from bridge.emulator.workers import Fleet
@@ -191,7 +191,7 @@ def create_app(settings: EmulatorSettings | None = None, **kwargs: Any) -> web.A
     """
     settings = settings or EmulatorSettings.load()
     app = web.Application(
-        middlewares=[json_errors, require_key, queue_guard],
+        middlewares=[json_errors, check_host, require_key, queue_guard],
         client_max_size=settings.runsync_max_bytes + 64 * 1024,
     )
     engine = Engine(settings, **kwargs)

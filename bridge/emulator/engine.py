@@ -44,6 +44,10 @@ class UnknownJob(LookupError):
     """No job with that id (never existed, expired or deleted)."""
 
 
+class NotAllowed(ValueError):
+    """The request names something the server was not configured to allow."""
+
+
 class Conflict(ValueError):
     """The operation does not apply to the job in its current state."""
 
@@ -60,6 +64,7 @@ class Engine:
         self.settings = settings
         self._clock = clock
         self.templates: dict[str, TemplateConfig] = {t.id: t for t in settings.templates}
+        self.handlers: dict[str, str] = settings.handler_paths()  # fixed for the server's life
         self.endpoints: dict[str, EndpointState] = {}
         self.on_final: list[Callable[[EndpointState, Job], None]] = []
         self.on_take: list[Callable[[EndpointState, Job], None]] = []
@@ -124,8 +129,19 @@ class Engine:
         self.changed(state)
 
     def save_template(self, template: TemplateConfig) -> TemplateConfig:
+        """Add or replace a template; its ``imageName`` must name an allowed handler."""
+        if not self.runs(template.imageName):
+            raise NotAllowed(
+                f"imageName {template.imageName!r} is not a handler this emulator may run: "
+                f"choose one of {', '.join([*self.handlers, EXTERNAL])} (the allowed handlers "
+                "are fixed at startup: 'handlers' in the emulator's configuration)"
+            )
         self.templates[template.id] = template
         return template
+
+    def runs(self, image_name: str) -> bool:
+        """True when templates may name ``image_name``: an allowed handler or external."""
+        return image_name == EXTERNAL or image_name in self.handlers
 
     def template_of(self, state: EndpointState) -> TemplateConfig:
         return self.templates[state.config.templateId]

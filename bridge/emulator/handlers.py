@@ -1,4 +1,4 @@
-"""Handlers: the built-in ones, loading by import path, and running any of them.
+"""Handlers: the built-in ones, loading the allowed ones, and running any of them.
 
 A handler follows RunPod's worker contract: ``handler(job)`` receives
 ``{"id": ..., "input": ...}``; its return value is the output; a returned
@@ -15,7 +15,7 @@ import inspect
 import json
 import socket
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,20 +82,20 @@ def _number(value: Any, name: str) -> float:
 # -- loading -------------------------------------------------------------------------
 
 
-def load_handler(image_name: str) -> Handler:
-    """Resolve a template's ``imageName``: a built-in name or ``package.module:function``."""
-    path = BUILTIN_HANDLERS.get(image_name, image_name)
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
+def load_handler(name: str, allowed: Mapping[str, str] = BUILTIN_HANDLERS) -> Handler:
+    """Resolve a template's ``imageName`` through ``allowed`` (name -> import path): only
+    a handler configured at startup can ever be imported, whatever a template says."""
+    path = allowed.get(name)
+    if path is None:
         raise HandlerLoadError(
-            f"handler {image_name!r} is neither a built-in ({', '.join(BUILTIN_HANDLERS)}) "
-            "nor an import path of the form 'package.module:function'"
+            f"handler {name!r} is not one this emulator may run ({', '.join(allowed)})"
         )
+    module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
         handler = getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise HandlerLoadError(f"cannot load handler {path!r}: {exc}") from exc
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # whatever its import does
+        raise HandlerLoadError(f"cannot load handler {path!r}: {exc!r}") from exc
     if not callable(handler):
         raise HandlerLoadError(f"handler {path!r} is not callable")
     return handler  # type: ignore[no-any-return]
@@ -124,8 +124,10 @@ async def run_handler(
 ) -> Outcome:
     """Run ``handler`` on ``job``; chunks of a generator go to ``on_chunk`` as they come.
 
-    Returns the outcome; exceptions from the handler become a FAILED outcome whose error
-    is the JSON string RunPod's worker sends. Cancellation propagates.
+    Returns the outcome; exceptions from the handler, ``SystemExit`` and
+    ``KeyboardInterrupt`` included, become a FAILED outcome whose error is the JSON string
+    RunPod's worker sends: a handler can fail its job, never stop the server.
+    Cancellation propagates.
     """
     loop = asyncio.get_running_loop()
 
@@ -147,7 +149,7 @@ async def run_handler(
         return _from_return(result)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit from a handler must not end the server
         return Outcome(error=_error_json(exc, worker_id))
     finally:
         _progress.reset(token)

@@ -40,9 +40,21 @@ def ok(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status, dumps=_dumps)
 
 
-async def read_json(request: web.Request, *, max_bytes: int, required: bool = True) -> Any:
-    """Parse the request body as JSON whatever its content type (RunPod's worker sends JSON
-    as form-encoded); an empty body is ``None`` unless ``required``."""
+async def read_json(
+    request: web.Request, *, max_bytes: int, required: bool = True, any_type: bool = False
+) -> Any:
+    """Parse the request body as JSON; an empty body is ``None`` unless ``required``.
+
+    A body must be declared ``application/json`` (415 otherwise): a web page can send a
+    form or ``text/plain`` anywhere without asking, but not JSON. Only the worker
+    protocol passes ``any_type`` (RunPod's worker sends JSON labelled as a form).
+    """
+    if not any_type and request.body_exists and not is_json(request.content_type):
+        raise ApiError(
+            415,
+            f"request body must be sent as Content-Type: application/json, "
+            f"not {request.headers.get('Content-Type', 'none')!r}"[:300],
+        )
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, f"request body is {request.content_length} bytes; max is {max_bytes}")
     raw = await request.read()
@@ -56,6 +68,13 @@ async def read_json(request: web.Request, *, max_bytes: int, required: bool = Tr
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def is_json(mimetype: str) -> bool:
+    """``application/json`` or a ``+json`` type (parameters such as charset aside)."""
+    return mimetype == "application/json" or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
 
 
 def wait_ms(request: web.Request, default: int) -> int:

@@ -1,8 +1,12 @@
-"""Who may talk to the emulator: API keys (revocable at runtime).
+"""Who may talk to the emulator: the Host a request names, and its API key.
 
-Keys are checked with :class:`KeyRing`; a request's key is identified by its index in the
-ring (``KEY_ID``), which rate limits and external workers are keyed by, so a key's value
-never needs to be kept anywhere else.
+``check_host`` refuses a request whose ``Host`` header is not a name this server answers
+to (DNS rebinding: a web page on ``evil.example`` whose name now resolves to 127.0.0.1
+sends ``Host: evil.example``). ``require_key`` checks the ``Authorization`` header against
+a :class:`KeyRing`; a request's key is identified by its index in the ring (``KEY_ID``),
+which rate limits and external workers are keyed by, so a key's value is kept nowhere
+else. Request bodies must be JSON (``http.read_json``): a page can post a form or
+``text/plain`` anywhere, but not JSON, without the server's consent.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
-from bridge.emulator.http import KEY_ID, error_response
+from bridge.emulator.http import KEY_ID, SETTINGS, error_response
 from bridge.emulator.settings import DEV_API_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -68,6 +72,62 @@ def is_loopback(address: str | None) -> bool:
         return False
     mapped = getattr(ip, "ipv4_mapped", None)
     return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header: no port, no IPv6 brackets, lower case, no final dot."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    name, colon, port = header.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        header = name
+    return header.rstrip(".")
+
+
+def host_allowed(header: str | None, bind: str, allowed: list[str]) -> bool:
+    """True when a request naming ``header`` may be served by a server bound to ``bind``.
+
+    Served: ``localhost``, the names in ``allowed`` (``*`` for any), the bind address when
+    it is a name, and IP addresses: loopback ones when bound to loopback, any other bind
+    takes any (a page cannot make a browser send an IP address it does not reach).
+    """
+    if not header:
+        return False
+    name = host_name(header)
+    if name == "localhost" or name in allowed or "*" in allowed:
+        return True
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return name == bind.lower().rstrip(".") and not _is_address(bind)
+    return is_loopback(str(ip)) or not _bound_to_loopback(bind)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _bound_to_loopback(bind: str) -> bool:
+    return bind == "localhost" or is_loopback(bind)
+
+
+@web.middleware
+async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    header = request.headers.get("Host")
+    if not host_allowed(header, settings.host, settings.allowed_hosts):
+        shown = (header or "")[:100]
+        return error_response(
+            421,
+            f"this server does not answer to Host {shown!r}: use localhost or its address, "
+            "or add the name to allowed_hosts",
+        )
+    return await handler(request)
 
 
 def presented_key(request: web.Request) -> str | None:

@@ -8,6 +8,7 @@ Endpoint and template fields use RunPod's own camelCase names.
 from __future__ import annotations
 
 import ipaddress
+import re
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -111,8 +113,10 @@ _ERROR_STATUSES = frozenset(s.value for s in HTTPStatus if 400 <= s.value <= 599
 
 
 class TemplateConfig(BaseModel):
-    """A template: ``imageName`` is a handler import path (``pkg.module:function``), a
-    built-in handler name (``echo``, ``stream``, ``fail``), or ``external``."""
+    """A template: ``imageName`` names the handler its workers run: a built-in (``echo``,
+    ``stream``, ``fail``), ``external``, or a name from the server's ``handlers``. In the
+    configuration file (only there) it may also be an import path ``pkg.module:function``,
+    which that adds to the allowed handlers."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -172,7 +176,16 @@ class EmulatorSettings(BaseSettings):
         default_factory=list, description="accepted keys (env: comma-separated)"
     )
     allow_dev_key: bool = Field(
-        True, description="accept rp-emulator-dev-key while no api_keys are set (loopback only)"
+        True,
+        description="accept rp-emulator-dev-key, from loopback callers, while no api_keys are set",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names served besides localhost and IP addresses (DNS-rebinding guard)",
+    )
+    handlers: dict[str, str] = Field(
+        default_factory=dict,
+        description="handlers templates may name besides the built-ins: name = 'pkg.mod:func'",
     )
 
     templates: list[TemplateConfig] = Field(
@@ -225,12 +238,62 @@ class EmulatorSettings(BaseSettings):
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="timeout of one webhook delivery")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
-    def _split_keys(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: comma-separated
+            return [part.strip() for part in value.split(",")] if value.strip() else []
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _real_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for index, key in enumerate(keys):
+            secret = key.get_secret_value()
+            if not secret.strip():
+                raise ValueError(f"key {index + 1} is empty: an empty key would let anyone in")
+            if secret == DEV_API_KEY:
+                raise ValueError("rp-emulator-dev-key is public: it cannot be a configured key")
+        return keys
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        if any(not h.strip() for h in hosts):
+            raise ValueError("a host name must not be empty")
+        return [h.strip().lower().rstrip(".") for h in hosts]
+
+    @field_validator("handlers")
+    @classmethod
+    def _handler_paths(cls, handlers: dict[str, str]) -> dict[str, str]:
+        for name, path in handlers.items():
+            if not name.strip() or name in BUILTIN_HANDLERS or name == EXTERNAL:
+                raise ValueError(f"{name!r} cannot name a handler (empty or built-in)")
+            if not is_import_path(path):
+                raise ValueError(f"{name}: {path!r} is not of the form 'package.module:function'")
+        return handlers
+
+    @model_validator(mode="after")
+    def _templates_name_handlers(self) -> EmulatorSettings:
+        allowed = self.handler_paths()
+        for template in self.templates:
+            if template.imageName != EXTERNAL and template.imageName not in allowed:
+                raise ValueError(
+                    f"template {template.id!r}: imageName {template.imageName!r} is not a "
+                    f"handler: use one of {', '.join(allowed)}, 'external', or an import path "
+                    "'package.module:function'"
+                )
+        return self
+
+    def handler_paths(self) -> dict[str, str]:
+        """The handlers templates may name (fixed at startup; the admin API can only pick
+        among them): the built-ins, ``handlers``, and import paths that configured
+        templates name directly."""
+        paths = {**BUILTIN_HANDLERS, **self.handlers}
+        for template in self.templates:
+            if template.imageName not in paths and is_import_path(template.imageName):
+                paths[template.imageName] = template.imageName
+        return paths
 
     def accepted_keys(self) -> list[str]:
         """Keys the server accepts: the configured ones, else the development key
@@ -273,6 +336,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if not isinstance(server, dict):
         raise ConfigError(f"{path}: [server] must be a table")
     return {**server, **data}
+
+
+def is_import_path(value: str) -> bool:
+    """True for ``package.module:function`` (dotted identifiers around one colon)."""
+    return _IMPORT_PATH.fullmatch(value) is not None
+
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,9 +1,10 @@
 """Webhook delivery: the final job object POSTed to the job's ``webhook`` URL.
 
-Non-2xx answers and connection errors are retried (``webhook_attempts`` in all,
-``webhook_retry_interval_s`` apart), like the platform's 2 retries 10 s apart. It fires
-for every final state (the platform documents COMPLETED and FAILED; CANCELLED and
-TIMED_OUT are sent too so a receiver never waits for a job that ended otherwise).
+Non-2xx answers (redirects included: they are never followed) and connection errors are
+retried (``webhook_attempts`` in all, ``webhook_retry_interval_s`` apart), like the
+platform's 2 retries 10 s apart. It fires for every final state (the platform documents
+COMPLETED and FAILED; CANCELLED and TIMED_OUT are sent too so a receiver never waits for
+a job that ended otherwise).
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class WebhookSender:
         payload = job.webhook_payload(self.engine.now())
         for attempt in range(1, settings.webhook_attempts + 1):
             try:
-                async with self._session.post(url, json=payload) as response:
+                # Never follow a redirect: the job's submitter chose this URL, not
+                # whoever answers it (a 3xx counts as a failed delivery).
+                async with self._session.post(url, json=payload, allow_redirects=False) as response:
                     if 200 <= response.status < 300:
                         state.counters.webhooks_sent += 1
                         return

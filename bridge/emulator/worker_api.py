@@ -5,6 +5,12 @@ An unmodified ``runpod.serverless.start(...)`` worker pointed at these URLs thro
 stop signals for cancelled jobs and pings. A worker not heard from for
 ``worker_dead_after_s`` is declared dead and its running jobs end FAILED (not requeued:
 the worker may have had side effects we cannot see).
+
+Who may act as a worker: any accepted API key (all keys belong to the one account the
+emulator simulates), but only on endpoints whose template is ``external`` (endpoints with
+simulated workers answer 403: an outsider could otherwise take their jobs, read their
+inputs and post forged results), and a worker id belongs to the key that first used it
+(another key gets 403 for it, so it cannot report or stop that worker's jobs).
 """
 
 from __future__ import annotations
@@ -14,20 +20,32 @@ from typing import Any
 from aiohttp import web
 
 from bridge.emulator.engine import Engine
-from bridge.emulator.http import ENGINE, SETTINGS, ApiError, ok, read_json
+from bridge.emulator.http import ENGINE, KEY_ID, SETTINGS, ApiError, ok, read_json
 from bridge.emulator.state import EndpointState, Job, Worker
 
 _MAX_RESULT_BYTES = 20 * 1024 * 1024
 _MAX_CHUNK_BYTES = 1024 * 1024
 
 
-def _worker(engine: Engine, state: EndpointState, worker_id: str) -> Worker:
+def _worker(request: web.Request) -> tuple[Engine, EndpointState, Worker]:
+    """The endpoint and the (external) worker a worker-protocol request speaks for."""
+    engine = request.app[ENGINE]
+    state = engine.endpoint(request.match_info["endpoint_id"])
+    if not engine.is_external(state):
+        raise ApiError(
+            403,
+            f"endpoint {state.id!r} runs simulated workers: the worker protocol is served "
+            "only on endpoints whose template is 'external'",
+        )
+    worker_id, key_id = request.match_info["worker_id"], request[KEY_ID]
     worker = state.workers.get(worker_id)
     if worker is None:
-        worker = Worker(id=worker_id, external=True, state="idle")
+        worker = Worker(id=worker_id, external=True, state="idle", key_id=key_id)
         state.workers[worker_id] = worker
+    elif worker.key_id != key_id:
+        raise ApiError(403, f"worker {worker_id!r} belongs to another API key")
     worker.last_seen = engine.now()
-    return worker
+    return engine, state, worker
 
 
 def _job_payload(job: Job) -> dict[str, Any]:
@@ -46,9 +64,7 @@ def _gone(request: web.Request) -> bool:
 
 
 async def _take(request: web.Request, batch: bool) -> web.Response:
-    engine = request.app[ENGINE]
-    state = engine.endpoint(request.match_info["endpoint_id"])
-    worker = _worker(engine, state, request.match_info["worker_id"])
+    engine, state, worker = _worker(request)
     size = 1
     if batch:
         try:
@@ -84,35 +100,28 @@ async def job_take_batch(request: web.Request) -> web.Response:
     return await _take(request, batch=True)
 
 
-def _running_job(request: web.Request, *, done: bool = False) -> tuple[Engine, EndpointState, Job]:
-    """The job a worker reports on. Reports for a job that has already ended (cancelled,
-    timed out) are accepted and ignored by the engine; ``done`` says the worker no longer
-    holds the job, so a stop still pending for it is over."""
-    engine = request.app[ENGINE]
-    state = engine.endpoint(request.match_info["endpoint_id"])
-    worker = _worker(engine, state, request.match_info["worker_id"])
+def _reported_job(request: web.Request, worker: Worker, state: EndpointState) -> Job:
+    """The job a worker reports on (its own). Reports for a job that has already ended
+    (cancelled, timed out) are accepted and then ignored by the engine."""
     job_id = request.match_info["job_id"]
     job = state.jobs.get(job_id)
-    if job is None or job.worker_id != worker.id:
-        if done:
-            worker.stopped(job_id)
-        if job is None:
-            raise ApiError(404, f"job {job_id!r} not found (expired?)")
+    if job is None:
+        raise ApiError(404, f"job {job_id!r} not found (expired?)")
+    if job.worker_id != worker.id:
         raise ApiError(400, f"job {job.id!r} is not assigned to this worker")
-    if done:
-        worker.stopped(job_id)
-    return engine, state, job
+    return job
 
 
 async def job_done(request: web.Request) -> web.Response:
-    body = await read_json(request, max_bytes=_MAX_RESULT_BYTES)
+    engine, state, worker = _worker(request)
+    body = await read_json(request, max_bytes=_MAX_RESULT_BYTES, any_type=True)
     if not isinstance(body, dict):
         raise ApiError(400, "job-done body must be a JSON object")
-    progress = body.get("status") == "IN_PROGRESS"
-    engine, state, job = _running_job(request, done=not progress)
-    if progress:
-        engine.progress(state, job, body.get("output"))
+    if body.get("status") == "IN_PROGRESS":
+        engine.progress(state, _reported_job(request, worker, state), body.get("output"))
         return ok({})
+    worker.stopped(request.match_info["job_id"])  # it holds the job no more: stop is moot
+    job = _reported_job(request, worker, state)
     error = body.get("error")
     engine.finish(
         state,
@@ -125,18 +134,16 @@ async def job_done(request: web.Request) -> web.Response:
 
 
 async def job_stream(request: web.Request) -> web.Response:
-    body = await read_json(request, max_bytes=_MAX_CHUNK_BYTES)
+    engine, state, worker = _worker(request)
+    body = await read_json(request, max_bytes=_MAX_CHUNK_BYTES, any_type=True)
     if not isinstance(body, dict) or "output" not in body:
         raise ApiError(400, 'job-stream body must be {"output": <chunk>}')
-    engine, state, job = _running_job(request)
-    engine.add_chunk(state, job, body["output"])
+    engine.add_chunk(state, _reported_job(request, worker, state), body["output"])
     return ok({})
 
 
 async def job_stop(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    state = engine.endpoint(request.match_info["endpoint_id"])
-    worker = _worker(engine, state, request.match_info["worker_id"])
+    engine, _, worker = _worker(request)
     settings = request.app[SETTINGS]
     ids = await worker.wait_stop(settings.job_take_hold_s, settings.stop_redeliver_s)
     worker.last_seen = engine.now()
@@ -146,9 +153,7 @@ async def job_stop(request: web.Request) -> web.Response:
 
 
 async def ping(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    state = engine.endpoint(request.match_info["endpoint_id"])
-    worker = _worker(engine, state, request.match_info["worker_id"])
+    engine, _, worker = _worker(request)
     if request.query.get("status") == "unhealthy":
         worker.state = "unhealthy"
     else:  # runpod 1.12 sends the ids it holds, comma-separated; none: no job_id at all

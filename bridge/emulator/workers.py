@@ -141,7 +141,7 @@ class Fleet:
         if job.s3_config:
             payload["s3Config"] = job.s3_config
         try:
-            handler = load_handler(engine.template_of(state).imageName)
+            handler = load_handler(engine.template_of(state).imageName, engine.handlers)
         except HandlerLoadError as exc:
             engine.finish(state, job, error=str(exc))
             return

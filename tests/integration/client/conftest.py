@@ -25,11 +25,13 @@ def client_emulator() -> Iterator[EmulatorHandle]:
     """An emulator for the client suite: built-ins plus the seed examples' models, a
     ``flaky`` endpoint for fault injection and a ``short`` one with a 100 ms execution
     timeout. Rate limits are off here (they have their own test)."""
+    handlers = {
+        "imagegen": "client_test_handlers:imagegen",
+        "storyteller": "client_test_handlers:storyteller",
+    }
     templates = [
-        TemplateConfig(id=name, imageName=name) for name in ("echo", "stream", "fail", "external")
-    ] + [
-        TemplateConfig(id="imagegen", imageName="client_test_handlers:imagegen"),
-        TemplateConfig(id="storyteller", imageName="client_test_handlers:storyteller"),
+        TemplateConfig(id=name, imageName=name)
+        for name in ("echo", "stream", "fail", "external", *handlers)
     ]
     endpoints = [
         EndpointConfig(id="echo", templateId="echo", **FAST),
@@ -42,7 +44,7 @@ def client_emulator() -> Iterator[EmulatorHandle]:
         EndpointConfig(id="storyteller", templateId="storyteller", **FAST),
     ]
     with running_emulator(
-        templates=templates, endpoints=endpoints, rate_limits_enabled=False
+        handlers=handlers, templates=templates, endpoints=endpoints, rate_limits_enabled=False
     ) as handle:
         yield handle
 

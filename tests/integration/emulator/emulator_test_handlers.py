@@ -7,9 +7,10 @@ test sees what a handler did.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 CANCELLED: set[str] = set()
@@ -41,3 +42,22 @@ def sync_chunks(job: dict[str, Any]) -> Iterator[Any]:
 def tagged(job: dict[str, Any]) -> Any:
     """A sync handler whose output says which handler ran (for template swaps)."""
     return {"handler": "tagged", "input": job["input"]}
+
+
+# -- handlers that try to take the server down with them (issue 14 item 3) -----------------
+
+
+async def exits(job: dict[str, Any]) -> Any:
+    """``sys.exit`` on the server's event loop."""
+    sys.exit(f"handler of {job['id']} exits")
+
+
+def interrupts(job: dict[str, Any]) -> Any:
+    """``KeyboardInterrupt`` from a sync handler (in its thread)."""
+    raise KeyboardInterrupt
+
+
+async def exits_midstream(job: dict[str, Any]) -> AsyncIterator[Any]:
+    """A streaming handler that exits after its first chunk."""
+    yield "first"
+    raise SystemExit(2)

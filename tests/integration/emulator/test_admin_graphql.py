@@ -32,6 +32,7 @@ SAVE_TEMPLATE = """mutation saveTemplate($input: SaveTemplateInput) {
 SWAP_TEMPLATE = """mutation Mutation($input: UpdateEndpointTemplateInput) {
   updateEndpointTemplate(input: $input) { id templateId }
 }"""
+JSON = {"Content-Type": "application/json"}
 LIST = "query { myself { id endpoints { id name templateId workersMax pods { desiredStatus } } } }"
 
 
@@ -308,7 +309,7 @@ def test_missing_variable_is_an_error(http: httpx.Client) -> None:
     [(b"{not json", "not valid JSON"), (b"[1]", "JSON object"), (b'{"query": 3}', "query")],
 )
 def test_malformed_requests_are_400(http: httpx.Client, content: bytes, message: str) -> None:
-    response = http.post("/graphql", content=content)
+    response = http.post("/graphql", content=content, headers=JSON)
     assert response.status_code == 400
     assert message in response.json()["error"]
 

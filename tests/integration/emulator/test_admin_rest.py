@@ -17,6 +17,7 @@ from bridge.emulator.testing import EmulatorHandle, running_emulator
 pytestmark = pytest.mark.integration
 
 PROBLEM = "application/problem+json"
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +117,9 @@ def test_defaults(http: httpx.Client) -> None:
 
 
 def test_image_creates_a_template(http: httpx.Client) -> None:
-    endpoint = create(
-        http, templateId=None, image="bridge.emulator.handlers:echo", env={"MODE": "x"}
-    )
+    endpoint = create(http, templateId=None, image="echo", env={"MODE": "x"})
     assert endpoint["templateId"] not in ("echo", None)
-    assert endpoint["image"] == "bridge.emulator.handlers:echo"
+    assert endpoint["image"] == "echo"
     assert endpoint["env"] == {"MODE": "x"}
     assert runsync(http, endpoint["id"], {"n": 1})["output"] == {"n": 1}
 
@@ -229,7 +228,7 @@ def test_invalid_create_is_422(http: httpx.Client, body: dict[str, Any], detail:
 
 @pytest.mark.parametrize("content", [b"{nope", b"[1, 2]", b""])
 def test_malformed_body_is_400(http: httpx.Client, content: bytes) -> None:
-    response = http.post("/v2/serverless", content=content)
+    response = http.post("/v2/serverless", content=content, headers=JSON)
     assert response.status_code == 400
     assert response.headers["content-type"].startswith(PROBLEM)
     assert response.json()["status"] == 400

@@ -3,6 +3,7 @@ real socket (issue 9 item 4; the lead's permanent-error tests rely on the last t
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -128,13 +129,17 @@ def test_a_revoked_key_gets_401_everywhere(emu: EmulatorHandle) -> None:
         ("POST", "/v2/echo/run", {"input": {}}),
         ("POST", "/graphql", {"query": "{ myself { id } }"}),
         ("GET", "/v2/serverless", None),
-        ("GET", "/v2/external/ping/w1", None),
+        ("GET", "/v2/external/ping/{worker}", None),
         ("GET", "/_emulator/stats", None),
     ]
 
     def codes(secret: str) -> list[int]:
         with httpx.Client(base_url=emu.url, headers={"Authorization": f"Bearer {secret}"}) as c:
-            return [c.request(m, path, json=body).status_code for m, path, body in requests]
+            worker = f"w-{secrets.token_hex(4)}"  # a worker id belongs to the key that made it
+            return [
+                c.request(m, path.format(worker=worker), json=body).status_code
+                for m, path, body in requests
+            ]
 
     assert codes(key) == [200] * len(requests)
     emu.revoke_key(key)

@@ -21,13 +21,15 @@ def final(api: httpx.Client, endpoint: str, job_id: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def custom() -> Iterator[EmulatorHandle]:
-    """An emulator with short retention and test handlers loaded by import path."""
+    """An emulator with short retention and test handlers on its allow-list."""
+    handlers = {
+        "cancellable": "emulator_test_handlers:wait_until_cancelled",
+        "syncgen": "emulator_test_handlers:sync_chunks",
+        "broken": "no_such_module:handler",
+    }
     templates = [
-        TemplateConfig(id="echo", imageName="echo"),
-        TemplateConfig(id="cancellable", imageName="emulator_test_handlers:wait_until_cancelled"),
-        TemplateConfig(id="syncgen", imageName="emulator_test_handlers:sync_chunks"),
-        TemplateConfig(id="broken", imageName="no_such_module:handler"),
-        TemplateConfig(id="external", imageName="external"),
+        TemplateConfig(id=name, imageName=name)
+        for name in ("echo", "cancellable", "syncgen", "broken", "external")
     ]
     fast: dict[str, Any] = {"workersMax": 10, "scalerType": "REQUEST_COUNT", "scalerValue": 1}
     endpoints = [
@@ -39,7 +41,11 @@ def custom() -> Iterator[EmulatorHandle]:
         EndpointConfig(id="short", templateId="echo", executionTimeoutMs=100, **fast),
     ]
     with running_emulator(
-        templates=templates, endpoints=endpoints, run_retention_s=0.3, runsync_retention_s=0.3
+        handlers=handlers,
+        templates=templates,
+        endpoints=endpoints,
+        run_retention_s=0.3,
+        runsync_retention_s=0.3,
     ) as handle:
         yield handle
 

@@ -18,6 +18,8 @@ import pytest
 from bridge.emulator.settings import DEV_API_KEY
 from bridge.emulator.testing import EmulatorHandle, running_emulator
 
+JSON = {"Content-Type": "application/json"}
+
 # -- 7. auth ---------------------------------------------------------------------------
 
 
@@ -88,7 +90,7 @@ def test_body_over_run_limit_is_413(api: httpx.Client, emulator: EmulatorHandle)
     reply = api.post("/echo/run", json=big)
     assert reply.status_code == 413
     assert "max is 10485760" in reply.json()["error"]
-    huge = api.post("/echo/runsync", content=b"x" * (21 * 1024 * 1024))
+    huge = api.post("/echo/runsync", content=b"x" * (21 * 1024 * 1024), headers=JSON)
     assert huge.status_code == 413
     assert "error" in huge.json()
 
@@ -114,7 +116,7 @@ def test_body_over_run_limit_is_413(api: httpx.Client, emulator: EmulatorHandle)
 def test_bad_input_gets_clear_json_error(
     api: httpx.Client, path: str, body: bytes, status: int, message: str
 ) -> None:
-    reply = api.post(path, content=body)
+    reply = api.post(path, content=body, headers=JSON)
     assert reply.status_code == status
     assert message in reply.json()["error"]
 

@@ -1,4 +1,7 @@
 import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,20 +84,55 @@ async def test_empty_dict_means_no_output() -> None:
     assert not outcome.has_output
 
 
-def test_load_builtin_and_import_path() -> None:
+def test_load_builtin_and_allowed_names() -> None:
     assert load_handler("echo") is handlers.echo
-    assert load_handler("bridge.emulator.handlers:fail") is handlers.fail
+    assert load_handler("mine", {"mine": "bridge.emulator.handlers:fail"}) is handlers.fail
 
 
 @pytest.mark.parametrize(
-    ("name", "message"),
+    ("name", "allowed", "message"),
     [
-        ("nocolon", "neither a built-in"),
-        ("no.such.module:f", "cannot load handler"),
-        ("bridge.emulator.handlers:missing", "cannot load handler"),
-        ("bridge.emulator.handlers:BUILTIN_HANDLERS", "not callable"),
+        # An import path is never resolved unless it is an allowed name (issue 14 item 3).
+        ("subprocess:getoutput", {}, "not one this emulator may run"),
+        ("bridge.emulator.handlers:fail", {}, "not one this emulator may run"),
+        ("broken", {"broken": "no.such.module:f"}, "cannot load handler"),
+        ("missing", {"missing": "bridge.emulator.handlers:missing"}, "cannot load handler"),
+        ("data", {"data": "bridge.emulator.handlers:BUILTIN_HANDLERS"}, "not callable"),
+        ("exits", {"exits": "exits_on_import:f"}, "SystemExit"),
     ],
 )
-def test_load_errors_are_clear(name: str, message: str) -> None:
+def test_load_errors_are_clear(
+    name: str,
+    allowed: dict[str, str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "exits_on_import.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(HandlerLoadError, match=message):
-        load_handler(name)
+        load_handler(name, allowed)
+
+
+def exits(job: dict[str, Any]) -> Any:
+    sys.exit(f"bye from {job['id']}")
+
+
+async def interrupts(job: dict[str, Any]) -> Any:
+    raise KeyboardInterrupt
+
+
+def exits_midstream(job: dict[str, Any]) -> Iterator[int]:
+    yield 1
+    raise SystemExit(2)
+
+
+@pytest.mark.parametrize(
+    ("handler", "kind"),
+    [(exits, "SystemExit"), (interrupts, "KeyboardInterrupt"), (exits_midstream, "SystemExit")],
+)
+async def test_exits_and_interrupts_fail_the_job_not_the_server(handler: Any, kind: str) -> None:
+    """Issue 14 item 3: ``sys.exit`` in a handler killed the emulator."""
+    outcome, _, _ = await run(handler, {})
+    assert outcome.error is not None
+    assert json.loads(outcome.error)["error_type"] == f"<class '{kind}'>"
