@@ -202,6 +202,7 @@ class Engine:
         job.started_at = now
         job.worker_id = worker.id
         worker.jobs.add(job.id)
+        worker.stopped(job.id)  # a stop left over from an earlier run of a retried job
         worker.state = "running"
         timeout_ms = job.policy.execution_timeout_ms or state.config.executionTimeoutMs
         self._schedule(job, timeout_ms / 1000, lambda: self._time_out(state, job))

@@ -251,5 +251,5 @@ def test_rejected_patch_changes_nothing(http: httpx.Client) -> None:
 
 def test_needs_a_key(emu: EmulatorHandle) -> None:
     assert httpx.get(f"{emu.url}/v2/serverless").status_code == 401
-    # ?api_key= is a GraphQL-only form
+    # A key in the query string is not accepted anywhere (issue 14 item 4)
     assert httpx.get(f"{emu.url}/v2/serverless?api_key={emu.api_key}").status_code == 401

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from bridge.emulator.settings import EndpointConfig, TemplateConfig
-from bridge.emulator.testing import EmulatorHandle, running_emulator
+from bridge.emulator.testing import EmulatorHandle, running_emulator, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +136,22 @@ def test_a_stop_ends_when_the_worker_reports_the_job_or_asks_for_work(
         worker.get("/external/job-take/w1?gpu=x&job_in_progress=0")
         assert stops(worker) == []
     assert status(emu, "external", first)["status"] == "CANCELLED"
+
+
+def test_a_retried_job_taken_again_is_not_stopped_by_its_old_stop(emu: EmulatorHandle) -> None:
+    def pending() -> list[str]:
+        return emu.call(lambda: list(emu.engine.endpoint("external").workers["w1"].stops))
+
+    with worker_client(emu) as worker, emu.client() as api:
+        # Each run may take 2 s: the first times out, the second is checked well before.
+        run = {"input": {}, "policy": {"executionTimeout": 2000}}
+        job_id = api.post("/external/run", json=run).json()["id"]
+        assert worker.get("/external/job-take/w1?gpu=x").json()["id"] == job_id
+        wait_until(lambda: status(emu, "external", job_id)["status"] == "TIMED_OUT")
+        assert pending() == [job_id]  # the timed-out run is told to stop
+        assert api.post(f"/external/retry/{job_id}").json()["status"] == "IN_QUEUE"
+        assert worker.get("/external/job-take/w1?gpu=x").json()["id"] == job_id
+        assert pending() == []  # the new run is not
+        done = worker.post(f"/external/job-done/w1/{job_id}", json={"output": "second"})
+        assert done.status_code == 200
+    assert status(emu, "external", job_id)["output"] == "second"
