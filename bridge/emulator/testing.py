@@ -6,6 +6,9 @@ Example::
 
     with running_emulator() as emu:
         print(emu.base_url, emu.stats("echo"))
+        emu.set_faults("echo", error_rate=0.3, seed=7)    # the same 500s every run
+        emu.fail_ops("echo", {"status": 404})             # every /status: 404
+        emu.revoke_key(emu.add_key())                     # a key revoked at runtime
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ class EmulatorHandle:
         )
 
     def set_faults(self, endpoint_id: str, **faults: Any) -> dict[str, Any]:
-        """Set an endpoint's injected faults (see ``FaultConfig``); no arguments clears."""
+        """Set an endpoint's injected faults (see ``FaultConfig``); no arguments clears.
+        Setting them restarts the fault sequence from its seed (``seed=``, else the
+        server's ``fault_seed``, else random)."""
         response = self._http.put(f"/_emulator/faults/{endpoint_id}", json=faults)
         response.raise_for_status()
         result: dict[str, Any] = response.json()
