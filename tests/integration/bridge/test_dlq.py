@@ -27,14 +27,14 @@ def test_dead_letters_listed_replayed_and_purged(
     dlq = bridge.settings.dlq_stream
     request_id, reply_to = bridge.producer.send("late", {"v": 1})
     first = bridge.result(reply_to)
-    assert (first["status"], first["reason"]) == ("FAILED", "submit_failed")
+    assert (first["status"], first["reason"]) == ("FAILED", "endpoint_not_found")
     assert "not found" in first["message"]
     bridge.redis.xadd(bridge.settings.requests_stream, {"payload": b"{broken"})
     wait_until(lambda: bridge.redis.xlen(dlq) == 2)
 
     listed = cli(bridge, "list")
     assert listed.returncode == 0, listed.stderr
-    assert "submit_failed" in listed.stdout
+    assert "endpoint_not_found" in listed.stdout
     assert "invalid_json" in listed.stdout
     assert "2 dead letter(s)" in listed.stdout
     only_late = cli(bridge, "list", "--route", "late")

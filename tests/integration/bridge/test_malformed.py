@@ -11,13 +11,21 @@ from typing import Any
 
 import pytest
 from conftest import Bridge, MakeBridge, assert_no_late_replies
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from bridge.emulator.testing import wait_until
 from bridge.errors import RequestRejected
 
 LIMIT = 2048  # the route's max_payload_bytes in this module
+# No shrinking: a failing example waits out a 30 s deadline, so shrinking would run for
+# many minutes (past pytest-timeout, whose exception Hypothesis takes for a failure); the
+# assertion messages name the offending input instead.
+PROPERTY_SETTINGS: dict[str, Any] = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture],
+    "phases": [Phase.explicit, Phase.reuse, Phase.generate],
+}
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +152,7 @@ envelopes = st.lists(
 )
 
 
-@settings(
-    max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=3, **PROPERTY_SETTINGS)
 @given(batch=envelopes)
 def test_any_json_envelope_gets_exactly_one_reply(
     small: Bridge, batch: list[tuple[Any, Any, Any, Any]]
@@ -179,9 +185,7 @@ def parses_as_a_request(payload: bytes) -> bool:
     return isinstance(decoded, dict) and decoded.get("input") is not None
 
 
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=40, **PROPERTY_SETTINGS)
 @given(payload=st.binary(max_size=300))
 def test_any_bytes_are_dead_lettered_and_the_door_goes_on(small: Bridge, payload: bytes) -> None:
     assume(not parses_as_a_request(payload))  # anything else must be dead-lettered

@@ -87,7 +87,7 @@ def test_keys_never_appear_anywhere(
     statuses = [r[-1]["status"] for r in results]
     assert statuses == ["COMPLETED", "COMPLETED", "FAILED", "CANCELLED"]
     refused = results[2][-1]  # the wrong key: the emulator's 401, and why, without the key
-    assert refused["reason"] == "submit_failed", refused
+    assert refused["reason"] == "unauthorized", refused
     assert "401" in refused["message"], refused
     assert "invalid API key" in refused["message"], refused
     produced = "\n".join([
@@ -96,7 +96,7 @@ def test_keys_never_appear_anywhere(
         json.dumps(results),
         stored,
     ])  # fmt: skip
-    assert "submit_failed" in stored  # the dead letter is part of what we searched
+    assert "unauthorized" in stored  # the dead letter is part of what we searched
     assert len(produced) > 10_000
     for secret in (KEY, WRONG):
         assert secret not in produced

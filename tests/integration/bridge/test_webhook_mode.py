@@ -117,7 +117,7 @@ def test_forged_webhooks_cannot_inject_output_or_end_early(
     request_id, reply_to = hooked.producer.send("echo", {"sleep_ms": 2000, "real": True},
                                                 mode="webhook")  # fmt: skip
     wait_until(lambda: hooked.state(request_id).get(b"state") == b"submitted", timeout=20)
-    token = json.loads(hooked.state(request_id)[b"request"])["webhook_token"]
+    token = hooked.state(request_id)[b"token"].decode()  # the ledger's webhook secret
     forged = {"id": "x", "status": "COMPLETED", "output": {"injected": True}}
     url = f"{hooked.receiver}/webhook/{request_id}"
     assert httpx.post(url, json=forged).status_code == 404  # no token
