@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from bridge import docs
+from bridge.core.model import FINAL_STATES
 from bridge.emulator.settings import EmulatorSettings
 from bridge.ingress.envelope import CancelMessage, Envelope, parse_payload
 from bridge.settings import BridgeSettings, RouteConfig
-from bridge.worker.model import FINAL_STATES
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 MARKER = "<!-- envelope-schema: generated; tests/unit/test_readme.py fails when it differs -->"

@@ -63,7 +63,7 @@ def test_duplicate_id_is_not_submitted_twice(bridge: Bridge, emulator: EmulatorH
 
 
 def test_bad_message_is_answered_dead_lettered_and_consumer_goes_on(bridge: Bridge) -> None:
-    reply_to = f"{bridge.settings.key_prefix}:bad-reply"
+    reply_to = f"{bridge.settings.key_prefix}:reply:bad"
     bad = {"id": "bad-1", "route": "echo", "input": "not an object", "reply_to": reply_to}
     bridge.redis.xadd(bridge.settings.requests_stream, {"payload": json.dumps(bad)})
     bridge.redis.xadd(bridge.settings.requests_stream, {"payload": b"\xff{"})
