@@ -3,8 +3,9 @@ with a time limit, then print one table of every target with its figure, the bas
 measured in the same run, their ratio and pass or FAIL. Exits 1 when a target is missed,
 2 when a benchmark could not run to its end (crashed or timed out).
 
-Each benchmark also writes its figures to ``bench/results/NAME.json``; the combined
-table goes to ``bench/results/summary.md``.
+Each benchmark also writes its figures to ``bench/results/NAME.json`` and the logs of
+the processes it started to ``bench/results/logs/NAME/``; the combined table goes to
+``bench/results/summary.md``.
 
 Examples::
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,12 +39,19 @@ BENCHES: dict[str, tuple[int, int]] = {  # name: time limit in seconds (full run
 }
 
 
+KEEPS_LOGS = {"bridge_e2e", "scale_out", "adoption", "inflight"}
+
+
 def run_one(name: str, quick: bool) -> tuple[list[Row], float]:
     """Run bench ``name`` to its end or its time limit; its rows and seconds taken."""
     result = RESULTS / f"{name}.json"
     result.unlink(missing_ok=True)  # never report a previous run's figures
     limit = BENCHES[name][1 if quick else 0]
     command = [sys.executable, str(HERE / f"{name}.py"), *(["--quick"] if quick else [])]
+    if name in KEEPS_LOGS:  # kept for a post-mortem (the worker's log names every request)
+        logs = RESULTS / "logs" / name
+        shutil.rmtree(logs, ignore_errors=True)
+        command += ["--logs", str(logs)]
     print(f"== {name} (limit {limit} s)", flush=True)
     start = time.monotonic()
     # A session of its own, so that the whole tree it starts can be stopped at its limit.

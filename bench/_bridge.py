@@ -1,10 +1,11 @@
 """What the benchmarks need from the bridge, in one place: a deployment's ``BRIDGE_*``
-environment and worker command line, a Celery client app, the JSON-door envelope, the
-ledger's request key; and the baseline, a Celery worker with the bridge's Celery settings
-serving one no-op task (``python bench/_bridge.py noop-worker BROKER QUEUE HOST LEVEL``).
+environment and worker command line, a Celery client app, the JSON-door envelope; and
+the baseline, a Celery worker with the bridge's Celery settings serving one no-op task
+(``python bench/_bridge.py noop-worker BROKER QUEUE HOST LEVEL``).
 
-The bridge is configured only through its environment, as an operator would; the
-product's modules are imported here and nowhere else in ``bench/``.
+The bridge is configured only through its environment, as an operator would. Apart from
+the client library that ``client_latency.py`` measures, the product's modules are
+imported here and nowhere else in ``bench/``.
 """
 
 from __future__ import annotations
@@ -133,14 +134,6 @@ class Deployment:
         for fields in entries:
             pipe.xadd(self.requests_stream, fields)  # type: ignore[arg-type]
         pipe.execute()
-
-    def request_key(self, request_id: str) -> str:
-        """The ledger's record of a request (a hash with ``state`` and ``owner``)."""
-        try:
-            from bridge.core.keys import Keys
-        except ImportError:  # before the key schema moved to bridge.core
-            return f"{self.tag}:req:{request_id}"
-        return Keys(prefix=self.tag).request(request_id)
 
     def cleanup(self, task_ids: list[str], queues: list[str]) -> None:
         """Delete what this deployment wrote to a shared Redis: its keys, its queues'

@@ -185,16 +185,51 @@ def drain(
 # -- the emulator ---------------------------------------------------------------------------
 
 
+ECHO_ENDPOINT_TOML = """
+[server]
+cold_start_ms = {cold_start_ms}
+
+[[templates]]
+id = "echo"
+imageName = "echo"
+
+[[endpoints]]
+id = "echo"
+templateId = "echo"
+workersMax = {workers}
+scalerType = "REQUEST_COUNT"
+scalerValue = 1
+idleTimeout = 600
+"""
+
+
 class Emulator:
     """The emulator as a subprocess on loopback, and its inspection API.
 
     Args:
-        logs: folder of the log file.
+        logs: folder of its log file (and of its configuration file, if any).
         rate_limits: keep RunPod's default limits (429 past them), or switch them off.
-        config: an emulator TOML file, or None for the built-in endpoints.
+        workers: give its one endpoint, ``echo``, this many workers, so that that many
+            jobs run at once (the built-in ``echo`` has 100: more would queue); None: the
+            built-in endpoints.
+        cold_start_ms: a new worker's start time when ``workers`` is given.
     """
 
-    def __init__(self, logs: Path, *, rate_limits: bool, config: Path | None = None) -> None:
+    def __init__(
+        self,
+        logs: Path,
+        *,
+        rate_limits: bool,
+        workers: int | None = None,
+        cold_start_ms: int = 1000,
+    ) -> None:
+        logs.mkdir(parents=True, exist_ok=True)
+        config = None
+        if workers is not None:
+            config = logs / f"emulator-echo-{workers}.toml"
+            config.write_text(
+                ECHO_ENDPOINT_TOML.format(workers=workers, cold_start_ms=cold_start_ms)
+            )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.url}/v2"
@@ -206,7 +241,6 @@ class Emulator:
         options = ["--config", str(config)] if config else []
         self.command = [sys.executable, "-m", "bridge", "emulator", "--port", str(self.port),
                         "--log-level", "WARNING", *options]  # fmt: skip
-        logs.mkdir(parents=True, exist_ok=True)
         self.log = logs / f"emulator-{self.port}.log"
         self.http = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {PROBE_KEY}"}, timeout=60
