@@ -29,6 +29,7 @@ test: $(STAMP) ## Lint, type-check and run every test (finds or starts Redis and
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 test-stress: $(STAMP) ## `CI=true make test` three times in a row with a CPU hog on one core
@@ -42,10 +43,11 @@ integration: $(STAMP) ## Only the integration tier
 	@scripts/ensure-rabbitmq
 	$(BIN)/pytest -m integration
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy strict
+lint: $(STAMP) ## ruff (lint + format check), mypy strict and the import contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## Apply ruff's formatter and safe fixes
 	$(BIN)/ruff check --fix .

@@ -249,6 +249,7 @@ def webhooks(
     from aiohttp import web
     from redis.asyncio import Redis
 
+    from bridge.core.keys import keys_for
     from bridge.ingress.webhooks import create_receiver
 
     settings = load_settings(config_path)
@@ -258,7 +259,7 @@ def webhooks(
 
     async def serve() -> None:
         redis = Redis.from_url(settings.redis_url)
-        runner = web.AppRunner(create_receiver(redis, settings.key_prefix), access_log=None)
+        runner = web.AppRunner(create_receiver(redis, keys_for(settings)), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         click.echo(f"webhook receiver listening on http://{host}:{port}/webhook/")

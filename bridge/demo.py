@@ -206,12 +206,11 @@ class Tour:
         self.step(3, "A job cancelled in flight", "the cancel reaches the endpoint: POST /cancel")
         before = int(self.emu.stats("echo").get("cancels", 0))
         request_id, reply_to = self.client.send("echo", {"sleep_ms": 60_000})
-        key = f"{self.stack.settings.key_prefix}:req:{request_id}"
         with self.console.status("   waiting for the job to reach the endpoint…"):
-            job_id = self.wait_for(lambda: self.client.redis.hget(key, "job_id"))
+            job_id = self.wait_for(lambda: self.client.job_id(request_id))
         status = runpod.Endpoint("echo", api_key=self.emu.api_key, base_url=self.emu.base_url)
-        state = status.job(job_id.decode()).status()["status"]
-        self.console.print(Text(f"   job {job_id.decode()} is {state} (it would run a minute)"))
+        state = status.job(job_id).status()["status"]
+        self.console.print(Text(f"   job {job_id} is {state} (it would run a minute)"))
         self.console.print(
             Text(f"   bridge cancel {request_id}  →  {self.client.cancel(request_id)}")
         )

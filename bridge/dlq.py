@@ -1,8 +1,10 @@
 """The dead-letter stream, for operators: list, replay and purge its entries.
 
 An entry holds the original request (``payload``: the JSON-door envelope as received,
-or the accepted request's record), the ``reason`` and ``message``, the ``route``, the
-``job_id`` if one was made, ``details`` (attempt history, timings) and the time.
+or the accepted request's record; at most 64 KiB of it, ``payload_bytes`` its size), the
+``reason`` and ``message``, the ``route``, the ``job_id`` if one was made, ``details``
+(attempt history), the time, and for a request the ledger had accepted the ``finisher``
+of its final reply: replay reopens that record, and only while it still holds that reply.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import Any
 
 import redis
 
+from bridge.core.keys import keys_for
+from bridge.core.ledger import RELEASE_FOR_REPLAY
+from bridge.core.scripts import text
 from bridge.settings import BridgeSettings
 
 _ENVELOPE_FIELDS = ("route", "input", "reply_to", "mode", "policy", "webhook", "deadline_s")
@@ -29,6 +34,8 @@ class DeadLetter:
     payload: str
     details: dict[str, Any]
     at: float
+    finisher: str = ""
+    truncated: bool = False
 
     @classmethod
     def from_fields(cls, entry_id: Any, fields: Any) -> DeadLetter:
@@ -52,12 +59,14 @@ class DeadLetter:
             payload=text("payload"),
             details=details if isinstance(details, dict) else {},
             at=float(text("at") or 0),
+            finisher=text("finisher"),
+            truncated=text("truncated") == "1",
         )
 
-    def envelope(self) -> dict[str, Any] | None:
+    def envelope(self, payload: str | None = None) -> dict[str, Any] | None:
         """The request as a JSON-door envelope, or None if the payload is not one."""
         try:
-            data = json.loads(self.payload)
+            data = json.loads(payload if payload is not None else self.payload)
         except ValueError:
             return None
         if not isinstance(data, dict) or not isinstance(data.get("input"), dict):
@@ -91,18 +100,31 @@ class DeadLetters:
     def replay(self, letter: DeadLetter) -> str:
         """Send the request again through the JSON door, under the same request id.
 
-        The ledger remembers every id it finished; replaying forgets the finished
-        record of this id first (only a dead-lettered ending), so the request runs
-        again exactly once even if replayed twice concurrently. Returns the id.
+        A request the ledger had accepted keeps its final record until replayed: replay
+        forgets that record first, but only while it still holds the reply this dead
+        letter names (never another request that took the id since). A refused envelope
+        touched no record: it is simply sent again (refused again as ``duplicate_id`` if
+        its id is taken meanwhile). Returns the id; ValueError when it cannot be replayed.
         """
-        envelope = letter.envelope()
+        payload: str | None = None
+        if letter.finisher and letter.request_id:
+            keys = keys_for(self.settings)
+            state, recorded = RELEASE_FOR_REPLAY.bind(self.redis)(
+                req=keys.request(letter.request_id), finisher=letter.finisher
+            )
+            if text(state) == "taken":
+                raise ValueError(
+                    f"entry {letter.entry_id}: request id {letter.request_id} now holds "
+                    "another request; not replayed"
+                )
+            payload = text(recorded) or None
+        elif letter.truncated:
+            raise ValueError(f"entry {letter.entry_id} holds only the start of its request")
+        envelope = letter.envelope(payload)
         if envelope is None:
             raise ValueError(
                 f"entry {letter.entry_id} holds no replayable request ({letter.reason})"
             )
-        prefix = self.settings.key_prefix
-        if letter.request_id:
-            self.redis.delete(f"{prefix}:req:{letter.request_id}")
         self.redis.xadd(self.settings.requests_stream, {"payload": json.dumps(envelope)})
         self.redis.xdel(self.stream, letter.entry_id)
         return str(envelope.get("id") or "")

@@ -73,7 +73,10 @@ def ping_beat(settings: Any, timeout: float) -> str:
         settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
     )
     try:
-        raw = client.mget([f"{settings.key_prefix}:health:{name}" for name in intervals])
+        from bridge.core.keys import keys_for
+
+        keys = keys_for(settings)
+        raw = client.mget([keys.health(name) for name in intervals])
     except (redis.RedisError, OSError) as exc:
         raise Unhealthy(f"Redis does not answer: {type(exc).__name__}") from None
     finally:

@@ -14,9 +14,11 @@ from rich.console import Console
 from rich.text import Text
 
 import bridge.runpod as runpod
+from bridge.core.breaker import BreakerState
+from bridge.core.keys import keys_for
+from bridge.core.ledger import cancel_sync
 from bridge.errors import RunpodError
 from bridge.settings import BridgeSettings
-from bridge.worker.ledger import CANCEL_SCRIPT
 
 
 class JsonDoorClient:
@@ -25,7 +27,7 @@ class JsonDoorClient:
     def __init__(self, settings: BridgeSettings, client: redis.Redis | None = None) -> None:
         self.settings = settings
         self.redis = client or redis.Redis.from_url(settings.redis_url)
-        self.prefix = settings.key_prefix
+        self.keys = keys_for(settings)
 
     def send(
         self,
@@ -38,10 +40,10 @@ class JsonDoorClient:
     ) -> tuple[str, str]:
         """XADD a request; returns ``(request_id, reply_to)``."""
         request_id = request_id or str(uuid.uuid4())
-        reply_to = reply_to or f"{self.prefix}:reply:{request_id}"
+        reply_to = reply_to or self.keys.reply(request_id)
         envelope = {"id": request_id, "route": route, "input": job_input, "reply_to": reply_to}
         envelope.update({k: v for k, v in options.items() if v is not None})
-        self.redis.xadd(self.settings.requests_stream, {"payload": json.dumps(envelope)})
+        self.redis.xadd(self.keys.requests_stream, {"payload": json.dumps(envelope)})
         return request_id, reply_to
 
     def replies(self, reply_to: str, timeout: float) -> Iterator[dict[str, Any]]:
@@ -104,12 +106,12 @@ class JsonDoorClient:
 
     def cancel(self, request_id: str) -> str:
         """Ask for a cancel; returns the request's state (``unknown`` if never seen)."""
-        script = self.redis.register_script(CANCEL_SCRIPT)
-        state = script(
-            keys=[f"{self.prefix}:req:{request_id}", f"{self.prefix}:task:{request_id}"],
-            args=[f"{self.prefix}:cancel", 86400, request_id, f"{self.prefix}:req:"],
-        )
-        return state.decode() if isinstance(state, bytes) else str(state)
+        return cancel_sync(self.redis, self.keys, request_id)
+
+    def job_id(self, request_id: str) -> str | None:
+        """The endpoint's job id of a request, once it was submitted."""
+        raw: Any = self.redis.hget(self.keys.request(request_id), "job_id")
+        return raw.decode() if raw else None
 
     def health(self, route: str, *, live: bool = False) -> dict[str, Any] | None:
         """The last stored health snapshot of ``route``, or a fresh one with ``live``."""
@@ -123,23 +125,18 @@ class JsonDoorClient:
                 snapshot.update(ok=False, error=str(exc), warnings=["endpoint unreachable"])
             snapshot["at"] = time.time()
             return snapshot
-        raw = self.redis.get(f"{self.prefix}:health:{route}")
+        raw = self.redis.get(self.keys.health(route))
         return json.loads(raw) if raw else None
 
     def breaker(self, endpoint_id: str) -> str:
         """The endpoint's circuit breaker state as the workers share it."""
-        raw: Any = self.redis.hgetall(f"{self.prefix}:breaker:{endpoint_id}")
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
-        state = str(fields.get("state", "closed"))
-        opened = float(fields.get("opened", 0) or 0)
-        if state == "open" and time.time() - opened >= self.settings.breaker_open_s:
-            state = "half_open"
-        return state
+        raw: Any = self.redis.hgetall(self.keys.breaker(endpoint_id))
+        return BreakerState.read(raw, open_s=self.settings.breaker_open_s, now=time.time()).state
 
     def purge(self, route: str) -> dict[str, Any]:
         """Purge the endpoint's queue and tell the workers to re-read their jobs."""
         result = self._endpoint(route).purge_queue(timeout=10)
-        self.redis.publish(f"{self.prefix}:wake", f"purge:{route}")
+        self.redis.publish(self.keys.purge_channel, route)
         return result
 
     def _endpoint(self, route: str) -> runpod.Endpoint:

@@ -11,6 +11,8 @@ secret file that holds it.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +38,14 @@ RUNPOD_BUDGETS: dict[str, int] = {
 """RunPod's per-endpoint request limits per 10 s, the default budgets of every route."""
 
 
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.I)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs, reprs, ``inspect conf``)."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***@", url)
+
+
 class RouteConfig(BaseModel):
     """One route: a name producers use, and the endpoint it sends to."""
 
@@ -57,8 +67,8 @@ class RouteConfig(BaseModel):
     max_in_flight: int = Field(1000, ge=1, description="jobs in flight before holding back")
     budgets: dict[str, int] = Field(
         default_factory=lambda: dict(RUNPOD_BUDGETS),
-        description="requests per operation per window, shared by all workers (RunPod's "
-        "limits); an operation left out has no budget",
+        description="requests per operation per window, shared by all workers; an "
+        "operation left out keeps RunPod's limit",
     )
     budget_window_s: float = Field(10.0, gt=0, description="the budgets' window")
     health_interval_s: float | None = Field(
@@ -74,6 +84,22 @@ class RouteConfig(BaseModel):
         "again, or fail to the dead letters",
     )
     submit_attempts: int = Field(5, ge=1, description="tries of POST /run before failing")
+    give_up_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="endpoint errors (5xx, timeouts, 429) for this long in a row end a "
+        "request FAILED endpoint_unreachable (RunPod keeps a job 24 h by default)",
+    )
+    breaker_wait_s: float = Field(
+        3_600.0,
+        gt=0,
+        description="an accepted request waits this long at most for an open breaker "
+        "before FAILED endpoint_unavailable",
+    )
+    reply_prefixes: list[str] | None = Field(
+        None,
+        description="reply_to must start with one of these (None: the global setting)",
+    )
     max_payload_bytes: int = Field(
         10 * 1024 * 1024, ge=1, description="larger JSON-door messages are REJECTED"
     )
@@ -135,7 +161,6 @@ class BridgeSettings(BaseSettings):
     dlq_stream: str = Field("bridge:dlq", description="dead letters, each with its reason")
     key_prefix: str = Field("bridge", description="prefix of every Redis key we write")
     default_queue: str = Field("bridge", description="Celery queue of tasks without a route")
-    default_route: str | None = Field(None, description="(not used yet)")
     webhook_url: str | None = Field(
         None, description="public base URL of the webhook receiver (webhook mode)"
     )
@@ -152,6 +177,21 @@ class BridgeSettings(BaseSettings):
     )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="serve Prometheus metrics on this port (worker)"
+    )
+    metrics_host: str = Field("127.0.0.1", description="the metrics' address (0.0.0.0: all)")
+    internal_attempts: int = Field(
+        5, ge=1, description="unexpected errors a request survives before internal_error"
+    )
+    reply_prefixes: list[str] = Field(
+        default_factory=list,
+        description="reply_to must start with one of these (empty: any key the bridge "
+        "and Celery do not own)",
+    )
+    max_input_depth: int = Field(
+        64, ge=1, le=1000, description="deepest nesting of lists and objects in an input"
+    )
+    max_entry_failures: int = Field(
+        5, ge=1, description="a JSON-door entry failing this often is dead-lettered"
     )
     visibility_timeout_s: int = Field(
         300, gt=0, description="Redis broker: an unacknowledged task is redelivered after this"
@@ -170,6 +210,11 @@ class BridgeSettings(BaseSettings):
     routes: dict[str, RouteConfig] = Field(
         default_factory=dict, description="by name; none: echo, stream, fail on the emulator"
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # ``celery inspect conf`` and Flower show the settings: never a URL's password.
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if isinstance(value, str) and "://" in value else value
 
     @property
     def broker(self) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bridge.settings import BridgeSettings, RouteConfig
+
 PENDING_TTL_S = 8 * 86_400
 """A request record not yet final (accepted, submitting, submitted): RunPod keeps a job
 at most 7 days (its largest TTL), so a record outlives any job it could follow."""
@@ -158,3 +160,37 @@ def schema(keys: Keys | None = None) -> list[KeySpec]:
         KeySpec(k.wake_channel, "channel", "-", "request ids to look at now (webhooks)"),
         KeySpec(k.purge_channel, "channel", "-", "routes whose endpoint queue was purged"),
     ]  # fmt: skip
+
+
+def keys_for(settings: BridgeSettings) -> Keys:
+    """The key schema of a deployment's settings."""
+    return Keys(settings.key_prefix, settings.requests_stream, settings.dlq_stream)
+
+
+CELERY_KEY_PREFIXES = ("celery-task-meta-", "celery-taskset-meta-", "celery-chord-",
+                       "_kombu.", "unacked")  # fmt: skip
+"""Keys Celery and kombu keep on a Redis broker or result backend."""
+
+
+def reply_target_problem(
+    key: str, settings: BridgeSettings, route: RouteConfig | None = None
+) -> str | None:
+    """Why ``key`` may not receive replies (None: it may). A reply target may not be a
+    key the bridge or Celery owns: the bridge's prefix (but for its reply lists), the
+    request and dead-letter streams, a Celery queue or result key; and it must start with
+    one of the configured ``reply_prefixes`` when any are set (the route's, else the
+    global ones)."""
+    keys = keys_for(settings)
+    if keys.owns(key):
+        return f"reply_to {key!r} is one of the bridge's own keys"
+    queues = {settings.default_queue, *(r.queue for r in settings.routes.values())}
+    if key in queues or key.startswith(CELERY_KEY_PREFIXES) or key == "celery":
+        return f"reply_to {key!r} is a Celery queue or result key"
+    for queue in queues:  # kombu's priority sub-queues: "<queue>\x06\x16<n>"
+        if key.startswith(queue + "\x06"):
+            return f"reply_to {key!r} is a Celery queue"
+    prefixes = route.reply_prefixes if route and route.reply_prefixes is not None else None
+    allowed = settings.reply_prefixes if prefixes is None else prefixes
+    if allowed and not key.startswith((*allowed, keys.reply_prefix)):
+        return f"reply_to {key!r} does not start with an allowed prefix ({', '.join(allowed)})"
+    return None

@@ -4,7 +4,8 @@ A request's record is the hash ``Keys.request(id)`` (see :mod:`bridge.core.keys`
 
 - ``state``: ``accepted`` → ``submitting`` → ``submitted`` → ``final``
   (:class:`~bridge.core.lifecycle.Phase`); ``tombstone`` for a cancel that came first;
-- ``route``, ``request`` (the request as JSON, without its arrival time), ``created``;
+- ``route``, ``request`` (the request as JSON, without its arrival time), ``created``,
+  ``reply_to``;
 - ``job_id``; ``cancel`` (1 once a cancel was asked); ``owner`` (the worker following it);
 - ``submissions`` (POSTs of ``/run`` that may have created a job); ``chunks`` (stream
   chunks pushed); ``token`` (the webhook secret); ``final`` (the final reply as JSON),
@@ -32,10 +33,12 @@ CLAIM = NamedScript(
 local state = redis.call('HGET', req, 'state')
 if state and state ~= 'tombstone' then
   local same = redis.call('HGET', req, 'request') == request
-  return {same and 'same' or 'conflict', state, redis.call('HGET', req, 'cancel') or '0'}
+  return {same and 'same' or 'conflict', state, redis.call('HGET', req, 'cancel') or '0',
+          redis.call('HGET', req, 'reply_to') or ''}
 end
 redis.call('HSET', req, 'state', 'accepted', 'route', route, 'request', request,
-           'created', created, 'owner', owner, 'token', token, 'submissions', 0)
+           'created', created, 'owner', owner, 'token', token, 'submissions', 0,
+           'reply_to', reply_to)
 redis.call('EXPIRE', req, ttl)
 redis.call('SADD', inflight, id)
 if task_id ~= '' and task_id ~= id then
@@ -46,12 +49,12 @@ if task_id ~= '' and task_id ~= id then
 end
 if state == 'tombstone' then
   redis.call('HSET', req, 'cancel', '1')
-  return {'new', 'accepted', '1'}
+  return {'new', 'accepted', '1', reply_to}
 end
-return {'new', 'accepted', '0'}
+return {'new', 'accepted', '0', reply_to}
 """,
     keys=("req", "inflight", "alias", "task_req"),
-    args=("route", "request", "created", "owner", "ttl", "id", "task_id", "token"),
+    args=("route", "request", "created", "owner", "ttl", "id", "task_id", "token", "reply_to"),
 )
 
 SUBMITTING = NamedScript(
@@ -150,6 +153,20 @@ return seq
     args=("head", "tail", "ttl"),
 )
 
+PUSH_REPLY = NamedScript(
+    """
+local kind = redis.call('TYPE', reply_to)['ok']
+if kind ~= 'list' and kind ~= 'none' then
+  return 0
+end
+redis.call('RPUSH', reply_to, reply)
+redis.call('EXPIRE', reply_to, ttl)
+return 1
+""",
+    keys=("reply_to",),
+    args=("reply", "ttl"),
+)
+
 REOPEN = NamedScript(
     """
 if redis.call('HGET', req, 'state') == 'submitting' then
@@ -189,6 +206,27 @@ return state
 )
 
 
+RELEASE_FOR_REPLAY = NamedScript(
+    """
+if redis.call('EXISTS', req) == 0 then
+  return {'gone', ''}
+end
+local state, holder = redis.call('HGET', req, 'state'), redis.call('HGET', req, 'finisher')
+if state ~= 'final' or holder ~= finisher then
+  return {'taken', ''}
+end
+local request = redis.call('HGET', req, 'request') or ''
+redis.call('DEL', req)
+return {'released', request}
+""",
+    keys=("req",),
+    args=("finisher",),
+)
+"""``bridge dlq replay``: forget a dead-lettered request's final record, only while it
+still holds the very reply its dead letter names (its ``finisher``); answers the state
+and the request as recorded."""
+
+
 class ClaimKind(enum.Enum):
     NEW = "new"
     """First time this id is seen: recorded, ours to follow."""
@@ -205,6 +243,8 @@ class Claim:
     kind: ClaimKind
     state: str
     cancel_requested: bool
+    reply_to: str
+    """The reply list of the request that holds the id ('' when none)."""
 
     @property
     def new(self) -> bool:
@@ -314,6 +354,7 @@ class Ledger:
         self._chunk = CHUNK.bind(redis)
         self._cancel = CANCEL.bind(redis)
         self._reopen = REOPEN.bind(redis)
+        self._push_reply = PUSH_REPLY.bind(redis)
 
     async def claim(self, request: Request, owner: str, *, token: str = "") -> Claim:
         """Record a request before anything is sent. A known id is ``SAME`` (the same
@@ -321,7 +362,7 @@ class Ledger:
         id is kept as an alias (for revoke)."""
         task_id = request.task_id or ""
         k = self.keys
-        kind, state, cancel = await self._claim(
+        kind, state, cancel, reply_to = await self._claim(
             req=k.request(request.id),
             inflight=k.inflight(request.route),
             alias=k.task(task_id),
@@ -334,8 +375,9 @@ class Ledger:
             id=request.id,
             task_id=task_id,
             token=token,
+            reply_to=request.reply_to or "",
         )
-        return Claim(ClaimKind(text(kind)), text(state), text(cancel) == "1")
+        return Claim(ClaimKind(text(kind)), text(state), text(cancel) == "1", text(reply_to))
 
     async def mark_submitting(self, request_id: str, owner: str) -> Grant:
         """Take the one right to POST ``/run`` now (counted in ``submissions``)."""
@@ -399,6 +441,11 @@ class Ledger:
                 ttl=ttl_s,
             )
         )
+
+    async def push_reply(self, reply_to: str, reply: dict[str, Any], ttl_s: int) -> bool:
+        """Push a reply for a request that was never accepted (a refusal): False, and
+        nothing written, when the target exists and is not a list."""
+        return bool(await self._push_reply(reply_to=reply_to, reply=_dumps(reply), ttl=ttl_s))
 
     async def request_cancel(self, request_id: str) -> str:
         """Ask for a cancel (by request id or Celery task id). Returns the request's

@@ -4,6 +4,7 @@ module)."""
 
 from __future__ import annotations
 
+import enum
 import time
 import uuid
 from dataclasses import dataclass, field, fields
@@ -28,8 +29,10 @@ __all__ = [
     "JOB_FINAL_STATES",
     "REJECTED",
     "TIMED_OUT",
+    "Admitted",
     "Continuation",
     "Outcome",
+    "Refusal",
     "Request",
 ]
 
@@ -183,3 +186,45 @@ class Outcome:
                 timings[ours] = self.job[theirs]
         reply["timings"] = timings
         return reply
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request refused before it was accepted (bad input, unknown route, a bad reply
+    target, a taken id), with what could be read of it.
+
+    Attributes:
+        reason: machine-readable (``invalid_envelope``, ``unknown_route`` …).
+        message: what is wrong, for a person (never the offending values).
+        request_id: the request's id, when one could be read.
+        route: its route, when known.
+        reply_to: where the refusal may be answered; None when it may not be written
+            (absent, or a key the bridge or Celery owns).
+        payload: what was received, for the dead letter.
+        continuation: the Celery task to fail (Celery door).
+    """
+
+    reason: str
+    message: str
+    request_id: str | None = None
+    route: str = ""
+    reply_to: str | None = None
+    payload: str = ""
+    continuation: Continuation | None = None
+
+
+class Admitted(enum.Enum):
+    """What became of a request handed over for following."""
+
+    ACCEPTED = "accepted"
+    """Recorded; it is followed to its end."""
+    CANCELLED = "cancelled"
+    """Recorded, and a cancel had come first: it is answered, never submitted."""
+    DUPLICATE = "duplicate"
+    """The same request again (a redelivery): nothing to do."""
+    CONFLICT = "conflict"
+    """The id is taken by a different request: refuse this one on its reply list."""
+    CONFLICT_UNANSWERED = "conflict_unanswered"
+    """The same, but its reply list is the holder's: refuse it without a reply there."""
+    DEFERRED = "deferred"
+    """Its endpoint's breaker is open: not recorded; try again later."""

@@ -1,2 +1,6 @@
-"""Where results go: reply lists (through the ledger), the Celery result backend and the
-continuation of Celery canvases. May import bridge.errors and bridge.worker.model."""
+"""Where results go: final replies and stream chunks (through the ledger), refusals, the
+dead-letter stream, the Celery result backend and the continuation of Celery canvases.
+
+May import ``bridge.core`` (and ``bridge.errors``, ``bridge.settings``), never the doors
+or the worker.
+"""

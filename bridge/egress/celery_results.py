@@ -21,15 +21,7 @@ from typing import Any
 from celery import Celery, states
 from celery.canvas import signature
 
-from bridge.errors import (
-    JobCancelled,
-    JobError,
-    JobExpired,
-    JobFailed,
-    JobTimedOut,
-    RequestRejected,
-)
-from bridge.worker.model import (
+from bridge.core.model import (
     CANCELLED,
     COMPLETED,
     EXPIRED,
@@ -37,6 +29,14 @@ from bridge.worker.model import (
     TIMED_OUT,
     Continuation,
     Outcome,
+)
+from bridge.errors import (
+    JobCancelled,
+    JobError,
+    JobExpired,
+    JobFailed,
+    JobTimedOut,
+    RequestRejected,
 )
 
 log = logging.getLogger("bridge.egress")

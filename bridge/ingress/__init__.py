@@ -1,4 +1,6 @@
-"""Where requests come from: the envelope, the JSON door (Redis stream consumer).
+"""Where requests come from: the envelope, admission (one set of rules for both doors),
+the JSON door (a Redis stream consumer) and the webhook receiver.
 
-May import bridge.errors, bridge.settings and bridge.worker's ledger interfaces.
+May import ``bridge.core`` (and ``bridge.errors``, ``bridge.settings``), never the
+worker or egress.
 """

@@ -2,19 +2,24 @@
 
 A JSON-door message is a Redis stream entry whose ``payload`` field holds the envelope
 as JSON. Parsing never raises: a message is either a valid :class:`Envelope` or
-:class:`CancelMessage`, or a :class:`Rejection` with a reason a person can act on (and
-the request id and reply list when they could be read, so the sender can be answered).
+:class:`CancelMessage`, or a :class:`~bridge.core.model.Refusal` with a reason a person
+can act on (and the request id and reply list when they could be read, so the sender can
+be answered). Limits hold before anything deep happens: the size is checked before the
+JSON is decoded, ``NaN`` and ``Infinity`` (and numbers too large for a float, like
+``1e999``) are refused by the decoder, and nesting deeper than ``max_depth`` is refused
+before the envelope is validated or copied.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bridge.core.model import Refusal
 from bridge.settings import Mode
 
 REPLY_KEY = re.compile(r"^[A-Za-z0-9:_.\-/{}]{1,256}$")
@@ -80,41 +85,93 @@ class CancelMessage(BaseModel):
     id: str = Field(pattern=REQUEST_ID.pattern)
 
 
-@dataclass(frozen=True)
-class Rejection:
-    """Why a message was refused, with what could be read of it."""
+DEFAULT_MAX_DEPTH = 64
+"""Deepest nesting of lists and objects accepted (``BRIDGE_MAX_INPUT_DEPTH``)."""
 
-    reason: str
-    message: str
-    request_id: str | None = None
-    reply_to: str | None = None
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _constant(name: str) -> Any:
+    raise _NotFinite(f"{name} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(f"{text} is too large for a number")
+    return value
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """``json.loads`` refusing ``NaN``, ``Infinity`` and numbers that overflow a float
+    (raises ValueError or RecursionError)."""
+    return json.loads(raw, parse_constant=_constant, parse_float=_finite)
+
+
+def json_problem(value: Any, max_depth: int) -> str | None:
+    """Why ``value`` cannot travel as JSON to an endpoint (None: it can): nesting deeper
+    than ``max_depth``, a float that is NaN or infinite, a key that is not a string, or a
+    value of another type. Walks iteratively: no recursion, whatever the depth."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth >= max_depth:
+                return f"nested deeper than {max_depth} levels"
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return "an object key is not a string"
+                stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            if depth >= max_depth:
+                return f"nested deeper than {max_depth} levels"
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "NaN and Infinity are not numbers JSON allows"
+        elif not (item is None or isinstance(item, str | int | bool)):
+            return f"a value of type {type(item).__name__} is not JSON"
+    return None
 
 
 def parse_payload(
-    raw: bytes | str | None, *, max_bytes: int
-) -> Envelope | CancelMessage | Rejection:
-    """Turn a JSON-door payload into an envelope, a cancel, or a rejection. Never raises."""
+    raw: bytes | str | None, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH
+) -> Envelope | CancelMessage | Refusal:
+    """Turn a JSON-door payload into an envelope, a cancel, or a refusal. Never raises.
+    A refusal's ``reply_to`` is the one the payload names (the caller vets it)."""
     if raw is None:
-        return Rejection("invalid_message", "the stream entry has no 'payload' field")
+        return Refusal("invalid_message", "the stream entry has no 'payload' field")
     # surrogatepass: a str may hold lone surrogates (JSON allows them escaped)
     size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
     if size > max_bytes:
-        return Rejection("payload_too_large", f"payload is {size} bytes; the limit is {max_bytes}")
+        return Refusal("payload_too_large", f"payload is {size} bytes; the limit is {max_bytes}")
     try:
-        data = json.loads(raw)
-    # ValueError also covers numbers over Python's int digit limit (not a JSONDecodeError)
+        data = decode_json(raw)
+    # ValueError also covers numbers over Python's int digit limit and invalid UTF-8
     except (ValueError, RecursionError) as exc:
-        return Rejection("invalid_json", f"payload is not valid JSON: {exc}")
+        reason = "invalid_input" if isinstance(exc, _NotFinite) else "invalid_json"
+        return Refusal(reason, f"payload is not valid JSON: {_short(exc)}")
     if not isinstance(data, dict):
-        return Rejection("invalid_envelope", "payload must be a JSON object (the envelope)")
+        return Refusal("invalid_envelope", "payload must be a JSON object (the envelope)")
     request_id = _safe(data.get("id"), REQUEST_ID)
     reply_to = _safe(data.get("reply_to"), REPLY_KEY)
+    problem = json_problem(data, max_depth + 1)  # the envelope is one level above input
+    if problem is not None:
+        return Refusal("invalid_input", f"the envelope is {problem}", request_id,
+                       reply_to=reply_to)  # fmt: skip
     try:
         if data.get("type") == "cancel":
             return CancelMessage.model_validate(data)
         return Envelope.model_validate(data)
     except ValidationError as exc:
-        return Rejection("invalid_envelope", describe(exc), request_id, reply_to)
+        return Refusal("invalid_envelope", describe(exc), request_id, reply_to=reply_to)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def describe(exc: ValidationError) -> str:

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import sys
 import threading
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery, signals
 from celery.schedules import crontab
+from redis import Redis
+from redis.exceptions import RedisError
 
+from bridge.core import metrics
+from bridge.errors import ConfigError
 from bridge.settings import BridgeSettings
-from bridge.worker import metrics
 from bridge.worker.runtime import LoopThread
 from bridge.worker.service import BridgeService
 
@@ -26,7 +31,9 @@ log = logging.getLogger("bridge.worker")
 
 
 def beat_schedule(settings: BridgeSettings) -> dict[str, dict[str, Any]]:
-    """Health checks and purges per route, as Celery beat entries."""
+    """Health checks and purges per route, as Celery beat entries. Beat's tasks store no
+    result (thousands a day would pile up; the health snapshot is kept by the bridge) and
+    expire after their interval, so after an outage they do not run back to back."""
     schedule: dict[str, dict[str, Any]] = {}
     if settings.routes and settings.reap_interval_s:
         # Live workers adopt orphans on their own; the beat does it too, so requests of a
@@ -34,7 +41,11 @@ def beat_schedule(settings: BridgeSettings) -> dict[str, dict[str, Any]]:
         schedule["bridge-reap"] = {
             "task": "bridge.reap",
             "schedule": timedelta(seconds=settings.reap_interval_s),
-            "options": {"queue": settings.default_queue, "expires": settings.reap_interval_s},
+            "options": {
+                "queue": settings.default_queue,
+                "expires": settings.reap_interval_s,
+                "ignore_result": True,
+            },
         }
     for name, route in settings.routes.items():
         if route.health_interval_s:
@@ -42,18 +53,24 @@ def beat_schedule(settings: BridgeSettings) -> dict[str, dict[str, Any]]:
                 "task": "bridge.health",
                 "schedule": timedelta(seconds=route.health_interval_s),
                 "args": (name,),
-                "options": {"queue": route.queue, "expires": route.health_interval_s},
+                "options": {
+                    "queue": route.queue,
+                    "expires": route.health_interval_s,
+                    "ignore_result": True,
+                },
             }
         if route.purge_every_s or route.purge_crontab:
             when: Any = timedelta(seconds=route.purge_every_s or 0)
             if route.purge_crontab:
                 minute, hour, day, month, weekday = route.purge_crontab.split()
                 when = crontab(minute, hour, weekday, day, month)
+            # A purge missed during an outage is not worth running late (back to back).
+            expires = route.purge_every_s or 60.0
             schedule[f"bridge-purge-{name}"] = {
                 "task": "bridge.purge",
                 "schedule": when,
                 "args": (name,),
-                "options": {"queue": route.queue},
+                "options": {"queue": route.queue, "expires": expires, "ignore_result": True},
             }
     return schedule
 
@@ -104,14 +121,18 @@ class Runtime:
         self.loop = LoopThread()
         self.loop.start()
         self.service = BridgeService(settings, celery)
-        self.loop.call(self.service.start(), timeout=30)
+        try:
+            self.loop.call(self.service.start(), timeout=30)
+        except BaseException:
+            self.loop.stop()
+            raise
         # Thousands of in-flight jobs make many small objects: collect the young ones
         # less often and leave everything loaded at boot out of collections (measured:
         # full collections took half the CPU with 10,000 jobs in flight).
         gc.freeze()
         gc.set_threshold(20_000, 10, 10)
         if settings.metrics_port:
-            metrics.serve(settings.metrics_port)
+            metrics.serve(settings.metrics_port, settings.metrics_host)
 
     @classmethod
     def get(cls, celery: Celery | None = None) -> Runtime:
@@ -138,15 +159,39 @@ def _is_prefork(worker: Any) -> bool:
     return "prefork" in str(name)
 
 
+def _start_or_exit(celery: Celery | None) -> None:
+    """Start this process' bridge, or stop the worker: a worker that cannot serve
+    (Redis down, a route without its key file) must not look healthy. Celery only logs
+    what a signal handler raises, so the process exits here, non-zero."""
+    try:
+        Runtime.get(celery)
+    except (ConfigError, OSError, TimeoutError, RedisError) as exc:
+        message = f"bridge worker cannot start: {exc}"
+        log.critical(message)
+        print(message, file=sys.stderr, flush=True)
+        os._exit(3)
+
+
 @signals.worker_init.connect
 def _start_in_main_process(sender: Any = None, **_: Any) -> None:
-    if not _is_prefork(sender):
-        Runtime.get(getattr(sender, "app", None))
+    celery = getattr(sender, "app", None)
+    if _is_prefork(sender):
+        # The children start their own; check here that they can, once, before forking.
+        try:
+            settings: BridgeSettings = (celery or app).conf.bridge_settings
+            for route in settings.routes.values():
+                route.api_key()
+            Redis.from_url(settings.redis_url, socket_connect_timeout=5).ping()
+        except (ConfigError, OSError, RedisError) as exc:
+            print(f"bridge worker cannot start: {exc}", file=sys.stderr, flush=True)
+            os._exit(3)
+        return
+    _start_or_exit(celery)
 
 
 @signals.worker_process_init.connect
 def _start_in_child(**_: Any) -> None:
-    Runtime.get()
+    _start_or_exit(None)
 
 
 @signals.worker_shutdown.connect

@@ -1,9 +1,9 @@
-"""The tracker: every in-flight job of one worker process, on one asyncio loop.
+"""The tracker: every in-flight request of one worker process, on one asyncio loop.
 
-A request handed to :meth:`Tracker.accept` is recorded in the ledger first, then
-submitted once when its route has room, then followed by its mode until it ends, and
-its one final reply is delivered. Nothing here blocks a Celery slot: the tasks and the
-JSON door only hand requests over.
+Each request runs its lifecycle (:mod:`bridge.core.lifecycle`, which decides everything)
+and the tracker performs the effects the lifecycle asks for: ledger steps, the endpoint
+calls, waits, delivery. Nothing here blocks a Celery slot: the tasks and the JSON door
+only hand requests over.
 
 Modes: ``poll`` (adaptive status checks, held server-side while the route is lightly
 loaded), ``stream`` (``/stream``, each chunk forwarded as it comes), ``sync``
@@ -16,55 +16,114 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from redis.exceptions import RedisError
 
-from bridge.errors import (
-    JobError,
-    JobExpired,
-    NotFoundError,
-    RequestRejected,
-    RunpodError,
-    ServerError,
-    TransportError,
-)
+from bridge.core import lifecycle as lc
+from bridge.core import metrics
+from bridge.core.breaker import CLOSED, HALF_OPEN, Breakers
+from bridge.core.ledger import ClaimKind, Ledger
+from bridge.core.model import CANCELLED, JOB_FINAL_STATES, Admitted, Outcome, Request
+from bridge.egress.delivery import Egress
+from bridge.errors import JobError
 from bridge.logs import bind
-from bridge.runpod import AsyncioJob
+from bridge.runpod import AsyncioEndpoint, AsyncioJob, Hooks, PollPolicy
 from bridge.settings import BridgeSettings, RouteConfig
-from bridge.worker import metrics
-from bridge.worker.breaker import Breakers
-from bridge.worker.ledger import Ledger
-from bridge.worker.model import (
-    CANCELLED,
-    EXPIRED,
-    REJECTED,
-    TIMED_OUT,
-    Outcome,
-    Request,
-)
-from bridge.worker.submission import Progress, Submitter
-from bridge.worker.tracked import NotOurs, RouteRuntime, Tracked
 
 log = logging.getLogger("bridge.tracker")
 
-Finisher = Callable[[Request, Outcome], Awaitable[None]]
+
+@dataclass(eq=False)
+class Tracked:
+    """One request this process is following."""
+
+    request: Request
+    signals: lc.Signals = field(default_factory=lc.Signals)
+    job_id: str | None = None
+    job: AsyncioJob | None = None
+    token: str = ""
+    finisher: str = field(default_factory=lambda: uuid.uuid4().hex)
+    published: set[str] = field(default_factory=set)
+    last_state: str | None = None
+    task: asyncio.Task[None] | None = None
+    _waiter: asyncio.Future[None] | None = None
+
+    def wake_up(self) -> None:
+        """Interrupt the current wait (a cancel, a webhook, a purge)."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def arm(self) -> asyncio.Future[None]:
+        """A fresh future for :meth:`wake_up` to resolve (a future, not a task per
+        request: 10,000 jobs in flight should not cost 10,000 more tasks)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
+
+class RouteRuntime:
+    """A route's endpoint clients, its rules and its in-flight cap."""
+
+    def __init__(
+        self,
+        name: str,
+        config: RouteConfig,
+        session: aiohttp.ClientSession,
+        hooks: Hooks,
+        rules: lc.Rules,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.rules = rules
+        key = config.api_key().get_secret_value()
+        common: dict[str, Any] = {"api_key": key, "base_url": config.base_url, "hooks": hooks}
+        self.held = AsyncioEndpoint(config.endpoint_id, session, **common)
+        self.plain = AsyncioEndpoint(
+            config.endpoint_id, session, poll=PollPolicy(long_poll=False, cap=5.0), **common
+        )
+        self.safety = AsyncioEndpoint(
+            config.endpoint_id,
+            session,
+            poll=PollPolicy(long_poll=False, first=config.webhook_safety_poll_s, factor=1.0,
+                            cap=config.webhook_safety_poll_s),
+            **common,
+        )  # fmt: skip
+        self.slots = asyncio.Semaphore(config.max_in_flight)
+        self.in_flight = 0
+        self.waiting = 0
+
+    def endpoint_for(self, mode: str) -> AsyncioEndpoint:
+        if mode == "webhook":
+            return self.safety
+        return self.held if self.in_flight < self.config.long_poll_below else self.plain
+
+
+def rules_for(settings: BridgeSettings, route: RouteConfig) -> lc.Rules:
+    """A route's lifecycle bounds, from its settings."""
+    return lc.Rules(
+        delivery=route.delivery,
+        submit_attempts=route.submit_attempts,
+        internal_attempts=settings.internal_attempts,
+        give_up_s=route.give_up_s,
+        breaker_wait_s=route.breaker_wait_s,
+    )
 
 
 class Tracker:
-    """Holds and follows every in-flight request of this process.
+    """Holds every in-flight request of this process and performs their effects.
 
     Args:
         settings: the bridge settings (routes).
         ledger: the request ledger.
-        session: the one HTTP session all jobs share.
-        finish: delivers an outcome after the ledger said this process won the finish.
-        progress: records an in-flight state change (Celery door).
+        egress: where replies, chunks, dead letters and Celery results go.
+        breakers: the endpoints' circuit breakers.
+        routes: each route's clients and rules.
         owner: this process' name in the ledger.
         webhook_url: base URL of the webhook receiver (mode ``webhook``).
     """
@@ -73,28 +132,20 @@ class Tracker:
         self,
         settings: BridgeSettings,
         ledger: Ledger,
-        session: aiohttp.ClientSession,
+        egress: Egress,
+        breakers: Breakers,
+        routes: dict[str, RouteRuntime],
         *,
-        finish: Finisher,
-        progress: Progress,
         owner: str,
         webhook_url: str | None = None,
-        breakers: Breakers | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
+        self.egress = egress
+        self.breakers = breakers
+        self.routes = routes
         self.owner = owner
         self.webhook_url = webhook_url
-        self.breakers = breakers
-        self.submitter = Submitter(
-            settings, ledger, owner=owner, progress=progress, breakers=breakers,
-            webhook_url=webhook_url,
-        )  # fmt: skip
-        self._finish = finish
-        self._progress = progress
-        self.routes = {
-            name: RouteRuntime(name, config, session) for name, config in settings.routes.items()
-        }
         self.active: dict[str, Tracked] = {}
         self.idle = asyncio.Event()
         self.idle.set()
@@ -105,67 +156,96 @@ class Tracker:
         """Requests accepted here that still wait for a free slot on their route."""
         return sum(r.waiting for r in self.routes.values())
 
-    async def accept(self, request: Request) -> str:
-        """Record and start following ``request``. Returns ``accepted``, ``duplicate``
-        (the id is known: nothing is submitted again) or ``cancelled`` (a cancel came
-        first: it is answered and never submitted)."""
-        if request.route not in self.routes:
-            raise RequestRejected(
-                f"unknown route {request.route!r} (configured: {', '.join(sorted(self.routes))})",
-                "unknown_route",
-                request.id,
-            )
-        if request.mode == "webhook":
-            if not self.webhook_url:
-                raise RequestRejected(
-                    "mode 'webhook' needs the webhook receiver: set BRIDGE_WEBHOOK_URL",
-                    "webhook_unavailable",
-                    request.id,
-                )
-            request.webhook_token = request.webhook_token or secrets.token_urlsafe(24)
-        task_id = request.continuation.task_id if request.continuation else None
-        claim = await self.ledger.claim(
-            request.id, request.route, request.to_record(), self.owner, task_id
-        )
-        door = "celery" if request.continuation else "json"
-        metrics.REQUESTS.labels(door, request.route).inc()
-        if not claim.new:
-            metrics.DEDUP.labels(door).inc()
-            return "duplicate"
-        tracked = Tracked(request)
-        self.active[request.id] = tracked
-        self.idle.clear()
-        if claim.cancel_requested:
-            tracked.cancel_asked = True
-        tracked.task = asyncio.create_task(self._run(tracked), name=f"request-{request.id}")
-        return "cancelled" if claim.cancel_requested else "accepted"
+    def in_flight(self) -> int:
+        return len(self.active)
 
-    async def reject(self, request: Request, reason: str, message: str) -> None:
-        """Answer a request we will not submit (its id may be unknown to the ledger)."""
-        await self._finish(request, Outcome(REJECTED, reason=reason, message=message))
+    async def accept(self, request: Request) -> Admitted:
+        """Record ``request`` and start following it (it has passed admission)."""
+        route = self.routes[request.route]
+        if await self.breaker_wait(route.config.endpoint_id) > 0:
+            return Admitted.DEFERRED
+        token = secrets.token_urlsafe(24) if request.mode == "webhook" else ""
+        claim = await self.ledger.claim(request, self.owner, token=token)
+        metrics.REQUESTS.labels(request.door, request.route).inc()
+        if claim.kind is ClaimKind.SAME:
+            metrics.DEDUP.labels(request.door).inc()
+            return Admitted.DUPLICATE
+        if claim.kind is ClaimKind.CONFLICT:
+            same_list = bool(request.reply_to) and claim.reply_to == request.reply_to
+            return Admitted.CONFLICT_UNANSWERED if same_list else Admitted.CONFLICT
+        tracked = Tracked(request, token=token)
+        tracked.signals.cancel = claim.cancel_requested
+        start = lc.Start(self.owner, deadline=_deadline(request))
+        self._start(tracked, start)
+        return Admitted.CANCELLED if claim.cancel_requested else Admitted.ACCEPTED
+
+    async def resume(self, request_id: str, *, own: bool = False) -> bool:
+        """Follow a request recorded in the ledger that no live process follows (taken
+        over from a dead worker, or one this process lost track of). False if there is
+        nothing to do."""
+        if request_id in self.active:
+            return False
+        record = await self.ledger.get(request_id)
+        if record.state not in (lc.Phase.ACCEPTED, lc.Phase.SUBMITTING, lc.Phase.SUBMITTED):
+            return False
+        if own and time.time() - record.created < 30:
+            return False  # ours and new: accept() may still be handing it over
+        if request_id in self.active:  # it arrived while we read the ledger
+            return False
+        try:
+            request = record.to_request()
+        except (ValueError, TypeError) as exc:
+            log.error("request %s: its ledger record cannot be read (%s)", request_id, exc)
+            return False
+        if request.route not in self.routes:
+            log.warning("request %s names route %s, unknown here", request_id, request.route)
+            return False
+        tracked = Tracked(request, token=record.token)
+        tracked.signals.cancel = record.cancel
+        tracked.job_id = record.job_id
+        start = lc.Start(
+            self.owner,
+            lc.Phase(record.state),
+            job_id=record.job_id,
+            submissions=record.submissions,
+            deadline=_deadline(request),
+        )
+        self._start(tracked, start)
+        log.info("resuming request %s (%s, job %s)", request_id, record.state, record.job_id)
+        return True
+
+    def _start(self, tracked: Tracked, start: lc.Start) -> None:
+        self.active[tracked.request.id] = tracked
+        self.idle.clear()
+        tracked.task = asyncio.create_task(
+            self._run(tracked, start), name=f"request-{tracked.request.id}"
+        )
 
     def cancel(self, request_id: str) -> bool:
         """A cancel was asked (revoke, CLI, JSON door): stop the job if we hold it."""
         tracked = self.active.get(request_id)
         if tracked is None:
             return False
-        tracked.cancel_asked = True
+        tracked.signals.cancel = True
         tracked.wake_up()
         return True
 
-    def wake(self, request_id: str, *, purged: bool = False) -> bool:
+    def wake(self, request_id: str) -> bool:
+        """A webhook said the job changed: look at it now."""
         tracked = self.active.get(request_id)
         if tracked is None:
             return False
-        tracked.purge_seen = tracked.purge_seen or purged
         tracked.wake_up()
         return True
 
-    def wake_route(self, route: str, *, purged: bool = False) -> int:
+    def purged(self, route: str) -> int:
+        """The route's endpoint queue was purged: every request of it looks at its job."""
         woken = 0
         for tracked in list(self.active.values()):
             if tracked.request.route == route:
-                woken += self.wake(tracked.request.id, purged=purged)
+                tracked.signals.purged = True
+                tracked.wake_up()
+                woken += 1
         return woken
 
     async def close(self) -> None:
@@ -176,45 +256,24 @@ class Tracker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def breaker_wait(self, endpoint_id: str) -> float:
+        """Seconds until the endpoint's breaker lets work through (0: it does now; in
+        half-open, the first to ask becomes the probe)."""
+        state = await self.breakers.get(endpoint_id)
+        if state.state == CLOSED:
+            return 0.0
+        if state.state == HALF_OPEN:
+            return 0.0 if await self.breakers.try_probe(endpoint_id) else 1.0
+        return max(state.retry_in(self.breakers.open_s, time.time()), 0.2)
+
     # -- one request -------------------------------------------------------------------
 
-    async def resume(self, request_id: str, *, own: bool = False) -> bool:
-        """Follow a request recorded in the ledger that no live process follows (taken
-        over from a dead worker, or after an error here). Returns False if there is
-        nothing to do."""
-        if request_id in self.active:
-            return False
-        record = await self.ledger.get(request_id)
-        state = record.get("state")
-        if state not in ("accepted", "submitting", "submitted") or "request" not in record:
-            return False
-        created = float(record.get("created") or 0)
-        if own and time.time() - created < 30:
-            return False  # ours and new: accept() may still be handing it over
-        if request_id in self.active:  # it arrived while we read the ledger
-            return False
-        request = Request.from_record(json.loads(record["request"]))
-        if request.route not in self.routes:
-            log.warning("request %s names route %s, unknown here", request_id, request.route)
-            return False
-        tracked = Tracked(request, cancel_asked=record.get("cancel") == "1")
-        self.active[request.id] = tracked
-        self.idle.clear()
-        job_id = record.get("job_id")
-        tracked.task = asyncio.create_task(
-            self._run(tracked, resume=state, job_id=job_id), name=f"request-{request.id}"
-        )
-        log.info("resuming request %s (%s, job %s)", request_id, state, job_id)
-        return True
-
-    async def _run(
-        self, tracked: Tracked, *, resume: str | None = None, job_id: str | None = None
-    ) -> None:
+    async def _run(self, tracked: Tracked, start: lc.Start) -> None:
         request = tracked.request
         route = self.routes[request.route]
-        task_id = request.continuation.task_id if request.continuation else None
         # Every line logged for this request (this asyncio task) carries its ids.
-        bind(request_id=request.id, task_id=task_id, route=request.route, job_id=job_id)
+        bind(request_id=request.id, task_id=request.task_id, route=request.route,
+             job_id=start.job_id)  # fmt: skip
         try:
             route.waiting += 1
             try:
@@ -224,204 +283,207 @@ class Tracker:
             route.in_flight += 1
             metrics.IN_FLIGHT.labels(route.name).inc()
             try:
-                await self._run_with_retries(tracked, route, resume, job_id)
+                flow = lc.lifecycle(start, route.rules, tracked.signals)
+                await self._drive(tracked, route, flow)
             finally:
                 route.in_flight -= 1
                 metrics.IN_FLIGHT.labels(route.name).dec()
                 route.slots.release()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # delivery failed past every bound: the ledger keeps it
+            log.exception("request %s could not be delivered; recovery will retry it",
+                          request.id)  # fmt: skip
         finally:
             self.active.pop(request.id, None)
             if not self.active:
                 self.idle.set()
 
-    async def _run_with_retries(
-        self, tracked: Tracked, route: RouteRuntime, resume: str | None, job_id: str | None
-    ) -> None:
-        """Follow and finish; after an unexpected error (Redis away, a bug), wait and
-        resume from what the ledger recorded, so an accepted request is never dropped."""
-        request = tracked.request
-        failures = 0
+    async def _drive(self, tracked: Tracked, route: RouteRuntime, flow: lc.Lifecycle) -> None:
+        """Perform the lifecycle's effects until it returns (the sans-IO driver)."""
+        reply: Any = None
+        error: Exception | None = None
         while True:
             try:
-                outcome = await self._follow(tracked, route, resume, job_id)
-                if outcome is not None:
-                    await self._finish(request, outcome)
+                effect = flow.throw(error) if error is not None else flow.send(reply)
+            except StopIteration:
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if isinstance(exc, ServerError | TransportError):
-                    await self.submitter.endpoint_answered(route.config.endpoint_id, False)
-                failures += 1
-                log.warning("request %s: %s: %s; resuming from the ledger", request.id,
-                            type(exc).__name__, exc)  # fmt: skip
-                # Never go on from what we knew before the error: the ledger may have
-                # moved (the error may have hit after a step was recorded).
-                record, failures = await self._ledger_record(request.id, failures)
-                resume, job_id = record.get("state"), record.get("job_id")
-                if resume not in ("accepted", "submitting", "submitted"):
-                    return  # final (finished elsewhere) or gone
-
-    async def _ledger_record(self, request_id: str, failures: int) -> tuple[dict[str, str], int]:
-        """The request's ledger record, waiting (with back-off) until Redis answers."""
-        while True:
-            await asyncio.sleep(min(30.0, 0.25 * 2**failures))
+            reply, error = None, None
             try:
-                return await self.ledger.get(request_id), failures
-            except Exception:  # still unreachable: wait longer
-                failures += 1
-                log.debug("ledger still unreachable for %s", request_id, exc_info=True)
+                reply = await self._perform(tracked, route, effect)
+            except Exception as exc:  # thrown into the lifecycle, which classifies it
+                error = exc
 
-    async def _follow(
-        self,
-        tracked: Tracked,
-        route: RouteRuntime,
-        resume: str | None = None,
-        job_id: str | None = None,
-    ) -> Outcome | None:
+    async def _perform(self, tracked: Tracked, route: RouteRuntime, effect: lc.Effect) -> Any:
+        request = tracked.request
+        match effect:
+            case lc.Follow(timeout):
+                return await self._follow(tracked, route, timeout)
+            case lc.Sleep(seconds):
+                woken = tracked.arm()  # a cancel cuts a back-off short
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, seconds)
+                return None
+            case lc.BreakerWait():
+                return await self.breaker_wait(route.config.endpoint_id)
+            case lc.MarkSubmitting():
+                return await self.ledger.mark_submitting(request.id, self.owner)
+            case lc.Submit():
+                return await self._submit(tracked, route)
+            case lc.MarkSubmitted(job_id):
+                tracked.job_id = job_id
+                return await self.ledger.mark_submitted(request.id, job_id)
+            case lc.Look():
+                return await self._look(tracked, route)
+            case lc.CancelJob():
+                metrics.CANCELLATIONS.labels(request.route).inc()
+                await self._job(tracked, route).cancel()
+                return await self._look(tracked, route)
+            case lc.Finalize(outcome):
+                return await self.egress.finalize(request, outcome, tracked.finisher)
+            case lc.Publish(outcome):
+                return await self.egress.publish(
+                    request, outcome, tracked.finisher, tracked.published
+                )
+            case lc.Reload():
+                return await self.ledger.get(request.id)
+            case lc.Reopen():
+                return await self.ledger.reopen(request.id)
+            case lc.CountSubmission(delta):
+                return await self.ledger.count_submission(request.id, delta)
+            case lc.CountAmbiguous(cause):
+                metrics.AMBIGUOUS.labels(request.route, cause).inc()
+                log.warning("request %s: sending again, the job may run twice (%s)",
+                            request.id, cause)  # fmt: skip
+                await _best_effort(self.ledger.count(f"ambiguous:{cause}"))
+                return None
+            case lc.EndpointAnswered(ok):
+                await _best_effort(self._endpoint_answered(route.config.endpoint_id, ok))
+                return None
+            case lc.Progress(state):
+                meta = {"job_id": tracked.job_id, "route": request.route}
+                await _best_effort(self.egress.progress(request, state, meta))
+                return None
+        raise TypeError(f"unknown effect {effect!r}")  # pragma: no cover
+
+    async def _submit(self, tracked: Tracked, route: RouteRuntime) -> str:
         request = tracked.request
         endpoint = route.endpoint_for(request.mode)
-        if resume == "submitted" and job_id:
-            tracked.job = endpoint.job(job_id)
-            bind(job_id=job_id)
+        body = request.body()
+        if request.mode == "webhook" and self.webhook_url:
+            base = self.webhook_url.rstrip("/")
+            body["webhook"] = f"{base}/webhook/{request.id}?token={tracked.token}"
+        if request.mode == "sync":
+            job = await endpoint.run_held(body)
         else:
-            try:
-                outcome = await self.submitter.submit_once(tracked, endpoint, resume)
-            except NotOurs:
-                return None
-            if outcome is not None:
-                return outcome
-        job = tracked.job
-        assert job is not None
-        deadline = request.accepted_at + request.deadline_s if request.deadline_s else None
-        observer = None
-        if request.continuation is not None:  # its Celery state is visible: keep it true
-            observer = asyncio.create_task(self._observe_start(tracked))
-        try:
-            remaining = None if deadline is None else max(0.0, deadline - time.time())
-            async with asyncio.timeout(remaining):
-                return await self._until_final(tracked, route)
-        except TimeoutError:
-            await self._cancel_quietly(job)
-            return Outcome(
-                TIMED_OUT,
-                reason="deadline",
-                message=f"no result within the request's deadline of {request.deadline_s} s",
-                job_id=job.job_id,
-            )
-        finally:
-            if observer is not None:
-                observer.cancel()
+            job = await endpoint.run(body)
+        tracked.job, tracked.job_id = job, job.job_id
+        bind(job_id=job.job_id)
+        metrics.SUBMITTED.labels(request.route).inc()
+        return job.job_id
 
-    async def _observe_start(self, tracked: Tracked) -> None:
+    def _job(self, tracked: Tracked, route: RouteRuntime) -> AsyncioJob:
+        if tracked.job is None:
+            if tracked.job_id is None:  # pragma: no cover - the lifecycle forbids it
+                raise RuntimeError("no job to follow")
+            tracked.job = route.endpoint_for(tracked.request.mode).job(tracked.job_id)
+            bind(job_id=tracked.job_id)
+        return tracked.job
+
+    async def _endpoint_answered(self, endpoint_id: str, ok: bool) -> None:
+        """Feed the breaker; a success costs a Redis call only when it changes something."""
+        if ok:
+            state = await self.breakers.get(endpoint_id)
+            if state.state == CLOSED and state.failures == 0:
+                return
+        await self.breakers.record(endpoint_id, ok)
+
+    # -- following ---------------------------------------------------------------------
+
+    async def _follow(
+        self, tracked: Tracked, route: RouteRuntime, timeout: float | None
+    ) -> Outcome | lc.Interrupt:
+        """Follow the job by its mode until it is final, a wake-up, or ``timeout``."""
+        job = self._job(tracked, route)
+        woken = tracked.arm()
+        watcher = asyncio.ensure_future(self._watch(tracked, route, job))
+        observer = None
+        if tracked.request.continuation is not None:  # its Celery state is visible
+            observer = asyncio.ensure_future(self._observe_start(tracked, route))
+        try:
+            either: set[asyncio.Future[Any]] = {watcher, woken}
+            done, _ = await asyncio.wait(either, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:  # also when we are cancelled: leave no task behind
+            woken.cancel()
+            for task in (watcher, observer):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if watcher in done:
+            result: Outcome = watcher.result()
+            return result
+        return lc.Interrupt.WOKEN if woken in done else lc.Interrupt.DEADLINE
+
+    async def _watch(self, tracked: Tracked, route: RouteRuntime, job: AsyncioJob) -> Outcome:
+        """Follow the job by its mode until it is final."""
+        request = tracked.request
+        if request.mode == "stream":
+            async for chunk in job.stream():
+                await self.egress.chunk(request, chunk)
+        try:
+            await job.output()
+        except JobError as exc:
+            if exc.status not in JOB_FINAL_STATES:
+                raise  # expired: the lifecycle decides
+            return Outcome.from_job({**exc.job, "id": job.job_id})
+        final = job.final_status  # read by output(): no need to ask again
+        return self._outcome(tracked, final) if final else await self._final_look(tracked, route)
+
+    async def _final_look(self, tracked: Tracked, route: RouteRuntime) -> Outcome:
+        outcome = await self._look(tracked, route)
+        if outcome is None:  # pragma: no cover - output() returned, so it is final
+            raise RuntimeError("the job is not final after its output was read")
+        return outcome
+
+    async def _observe_start(self, tracked: Tracked, route: RouteRuntime) -> None:
         """Notice when a queued job starts running (a held wait only reports its end):
         checks at 0.1 s, 0.2 s, 0.4 s … (at most 5 s apart) until it runs."""
         pause = 0.1
         while tracked.last_state != "IN_PROGRESS":
             await asyncio.sleep(pause)
-            if await self._look(tracked) is not None:
+            if await self._look(tracked, route) is not None:
                 return
             pause = min(pause * 2, 5.0)
 
-    async def _until_final(self, tracked: Tracked, route: RouteRuntime) -> Outcome:
-        job = tracked.job
-        assert job is not None
-        while True:
-            if tracked.wants_cancel():
-                return await self._cancel(tracked)
-            woken = tracked.arm()
-            watcher = asyncio.create_task(self._watch(tracked))
-            try:
-                either: set[asyncio.Future[Any]] = {watcher, woken}
-                done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            finally:  # also when we are cancelled: leave no task behind
-                woken.cancel()
-                if not watcher.done():
-                    watcher.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await watcher
-            if watcher in done:
-                return watcher.result()
-            if tracked.wants_cancel():
-                return await self._cancel(tracked)
-            outcome = await self._look(tracked)  # woken by a webhook or a purge
-            if outcome is not None:
-                return outcome
-            tracked.purge_seen = False  # the purge did not touch this job
-
-    async def _watch(self, tracked: Tracked) -> Outcome:
-        """Follow the job by its mode until it is final."""
-        job, request = tracked.job, tracked.request
-        assert job is not None
-        if request.mode == "stream":
-            async for chunk in job.stream():
-                if request.reply_to:
-                    await self.ledger.push_chunk(
-                        request.id, request.reply_to, chunk, self._route(request).reply_ttl_s
-                    )
-            return await self._look_final(tracked)
-        try:
-            await job.output()
-        except JobExpired:
-            return self._expired(tracked)
-        except JobError as exc:
-            return Outcome.from_job({**exc.job, "id": job.job_id})
-        final = job.final_status  # read by output(): no need to ask again
-        return Outcome.from_job(final) if final else await self._look_final(tracked)
-
-    async def _look_final(self, tracked: Tracked) -> Outcome:
-        outcome = await self._look(tracked)
-        while outcome is None:  # a stream can end before /status says so
-            await asyncio.sleep(0.01)
-            outcome = await self._look(tracked)
-        return outcome
-
-    async def _look(self, tracked: Tracked) -> Outcome | None:
+    async def _look(self, tracked: Tracked, route: RouteRuntime) -> Outcome | None:
         """Read ``/status`` once: an outcome if the job is final, else None."""
-        job = tracked.job
-        assert job is not None
-        try:
-            status = await job.status()
-        except (JobExpired, NotFoundError):
-            return self._expired(tracked)
+        status = await self._job(tracked, route).status()
+        if str(status.get("status")) in JOB_FINAL_STATES:
+            return self._outcome(tracked, status)
         state = str(status.get("status"))
-        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"):
-            reason = "purged" if tracked.purge_seen and state == CANCELLED else None
-            return Outcome.from_job(status, reason=reason)
         if state != tracked.last_state:
             tracked.last_state = state
-            meta = {"job_id": job.job_id, "route": tracked.request.route}
-            await self._progress(tracked.request, state, meta)
+            meta = {"job_id": tracked.job_id, "route": tracked.request.route}
+            await _best_effort(self.egress.progress(tracked.request, state, meta))
         return None
 
-    def _expired(self, tracked: Tracked) -> Outcome:
-        job_id = tracked.job.job_id if tracked.job else None
-        if tracked.purge_seen:
-            return Outcome(CANCELLED, reason="purged", message="the endpoint queue was purged",
-                           job_id=job_id)  # fmt: skip
-        return Outcome(EXPIRED, reason="result_expired",
-                       message="the endpoint no longer knows the job", job_id=job_id)  # fmt: skip
+    @staticmethod
+    def _outcome(tracked: Tracked, status: dict[str, Any]) -> Outcome:
+        purged = tracked.signals.purged and status.get("status") == CANCELLED
+        return Outcome.from_job(status, reason=lc.PURGED if purged else None)
 
-    async def _cancel(self, tracked: Tracked) -> Outcome:
-        job = tracked.job
-        assert job is not None
-        metrics.CANCELLATIONS.labels(tracked.request.route).inc()
-        try:
-            await job.cancel()
-        except (JobExpired, NotFoundError):
-            return self._expired(tracked)
-        outcome = await self._look(tracked)
-        if outcome is None:  # the endpoint has not stopped it yet: say what we asked
-            return Outcome(CANCELLED, reason="cancelled", job_id=job.job_id)
-        if outcome.status == CANCELLED and outcome.reason is None:
-            outcome.reason = "cancelled"
-        return outcome
 
-    async def _cancel_quietly(self, job: AsyncioJob) -> None:
-        try:
-            await job.cancel()
-        except RunpodError as exc:
-            log.warning("cancelling job %s after its deadline failed: %s", job.job_id, exc)
+def _deadline(request: Request) -> float | None:
+    return request.accepted_at + request.deadline_s if request.deadline_s else None
 
-    def _route(self, request: Request) -> RouteConfig:
-        return self.routes[request.route].config
+
+async def _best_effort(step: Any) -> None:
+    """Await a step that must never stop a request (breaker, counters, progress)."""
+    try:
+        await step
+    except (RedisError, OSError) as exc:
+        log.debug("best-effort step failed: %s", exc)
+    except Exception:  # a progress note must not end the request
+        log.warning("best-effort step failed", exc_info=True)

@@ -9,24 +9,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.core.model import Refusal
 from bridge.ingress.envelope import (
     CancelMessage,
     Envelope,
-    Rejection,
     parse_payload,
 )
 
 LIMIT = 64 * 1024
 
 
-def parse(payload: Any, *, max_bytes: int = LIMIT) -> Envelope | CancelMessage | Rejection:
+def parse(payload: Any, *, max_bytes: int = LIMIT) -> Envelope | CancelMessage | Refusal:
     raw = payload if isinstance(payload, bytes | str) or payload is None else json.dumps(payload)
     return parse_payload(raw, max_bytes=max_bytes)
 
 
-def rejection(payload: Any, **kwargs: Any) -> Rejection:
+def rejection(payload: Any, **kwargs: Any) -> Refusal:
     parsed = parse(payload, **kwargs)
-    assert isinstance(parsed, Rejection), parsed
+    assert isinstance(parsed, Refusal), parsed
     return parsed
 
 
@@ -181,7 +181,7 @@ envelope_keys = st.sampled_from(
      "s3Config", "deadline_s", "cancel", "request"]
 )  # fmt: skip
 envelope_like = st.dictionaries(envelope_keys, json_values | st.sampled_from(["cancel"]))
-Parsed = (Envelope, CancelMessage, Rejection)
+Parsed = (Envelope, CancelMessage, Refusal)
 
 
 @given(st.binary(max_size=512))

@@ -35,13 +35,13 @@ def test_health_check_every_interval_per_route() -> None:
             "task": "bridge.health",
             "schedule": timedelta(seconds=30),
             "args": ("a",),
-            "options": {"queue": "bridge", "expires": 30.0},
+            "options": {"queue": "bridge", "expires": 30.0, "ignore_result": True},
         },
         "bridge-health-b": {
             "task": "bridge.health",
             "schedule": timedelta(seconds=5),
             "args": ("b",),
-            "options": {"queue": "gpu", "expires": 5.0},
+            "options": {"queue": "gpu", "expires": 5.0, "ignore_result": True},
         },
     }
 
@@ -53,7 +53,7 @@ def test_purge_by_interval() -> None:
             "task": "bridge.purge",
             "schedule": timedelta(hours=1),
             "args": ("a",),
-            "options": {"queue": "bridge"},
+            "options": {"queue": "bridge", "expires": 3600, "ignore_result": True},
         }
     }
 
@@ -68,7 +68,7 @@ def test_purge_by_crontab_reads_minute_hour_day_month_weekday() -> None:
     assert (entry["task"], entry["args"], entry["options"]) == (
         "bridge.purge",
         ("a",),
-        {"queue": "q"},
+        {"queue": "q", "expires": 60.0, "ignore_result": True},
     )
 
 

@@ -7,13 +7,11 @@ worker/job state. Never a request id, job id, URL or key.
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 from typing import Any
 
-import aiohttp
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from bridge.worker.budget import classify
+from bridge.runpod import Exchange, Hooks
 
 log = logging.getLogger("bridge.metrics")
 
@@ -26,8 +24,9 @@ DEDUP = Counter("bridge_dedup_hits_total", "Requests whose id was already known"
 SUBMITTED = Counter("bridge_jobs_submitted_total", "Jobs sent to an endpoint", ["route"])
 AMBIGUOUS = Counter(
     "bridge_ambiguous_resubmits_total",
-    "Submissions sent again after an ambiguous failure (at_least_once)",
-    ["route"],
+    "Submissions sent again although the job may exist (at_least_once), by cause: "
+    "lost_response (a /run answer lost) or resumed (a worker stopped mid-submit)",
+    ["route", "cause"],
 )
 FINISHED = Counter(
     "bridge_jobs_finished_total", "Requests ended, by final status", ["route", "status", "reason"]
@@ -65,41 +64,27 @@ DEAD_LETTERS = Counter("bridge_dead_letters_total", "Entries written to the DLQ"
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
-def serve(port: int) -> bool:
-    """Serve ``/metrics`` on ``port``; False (logged) when the port is taken, e.g. by a
-    sibling prefork process."""
+def serve(port: int, host: str = "127.0.0.1") -> bool:
+    """Serve ``/metrics`` on ``host:port``; False (logged) when the port is taken, e.g. by
+    a sibling prefork process."""
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError as exc:
-        log.warning("metrics not served on port %d: %s", port, exc)
+        log.warning("metrics not served on %s:%d: %s", host, port, exc)
         return False
-    log.info("metrics on http://0.0.0.0:%d/metrics", port)
+    log.info("metrics on http://%s:%d/metrics", host, port)
     return True
 
 
-def http_trace_config() -> aiohttp.TraceConfig:
-    """Counts every queue-API request by operation and status (or exception name)."""
+def _count(exchange: Exchange) -> None:
+    op = exchange.request.op
+    HTTP.labels(op, exchange.result).inc()
+    if exchange.response is not None and exchange.response.status_code == 429:
+        RATE_LIMITED.labels(op).inc()
 
-    async def on_end(session: aiohttp.ClientSession, context: SimpleNamespace, params: Any) -> None:
-        found = classify(params.url.path)
-        if found is None:
-            return
-        status = params.response.status
-        HTTP.labels(found[1], str(status)).inc()
-        if status == 429:
-            RATE_LIMITED.labels(found[1]).inc()
 
-    async def on_error(
-        session: aiohttp.ClientSession, context: SimpleNamespace, params: Any
-    ) -> None:
-        found = classify(params.url.path)
-        if found is not None:
-            HTTP.labels(found[1], type(params.exception).__name__).inc()
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_end.append(on_end)
-    trace.on_request_exception.append(on_error)
-    return trace
+HOOKS = Hooks(after=(_count,))
+"""Client hooks that count every endpoint request by operation and result."""
 
 
 def observe_final(route: str, mode: str, status: str, reason: str | None, job: dict[str, Any],

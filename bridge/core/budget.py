@@ -5,41 +5,43 @@ go when fewer than 90 % of N requests went in the last W + 3 seconds. The margin
 cover the time between taking a slot and the request reaching the endpoint, so a
 fleet of workers stays under the platform's limit instead of meeting its 429s, while a
 burst of up to 0.9·N requests still goes at once. One Lua call per request, timed by
-Redis' own clock, so every process agrees. :func:`budget_trace_config` makes every
-request of the worker's HTTP session wait for its slot.
+Redis' own clock, so every process agrees. :meth:`Budgets.hooks` makes every request of
+the worker's endpoint clients wait for its slot (the client tells the hook the request's
+operation and endpoint: nothing is guessed from a URL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
-import aiohttp
 from redis.asyncio import Redis
 
-_TAKE = """
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
+from bridge.core.keys import Keys
+from bridge.core.scripts import NamedScript
+from bridge.runpod import Hooks
+from bridge.runpod._protocol import Request as WireRequest
+
+TAKE = NamedScript(
+    """
+local limit = tonumber(limit)
+local window = tonumber(window_us)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+redis.call('ZREMRANGEBYSCORE', budget, '-inf', now - window)
+if redis.call('ZCARD', budget) < limit then
+  redis.call('ZADD', budget, now, now .. ':' .. token)
+  redis.call('PEXPIRE', budget, math.ceil(window / 1000) + 1000)
   return 0
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local oldest = redis.call('ZRANGE', budget, 0, 0, 'WITHSCORES')
 return math.max(1, math.ceil((tonumber(oldest[2]) + window - now) / 1000))
-"""
-
-_OPERATION = re.compile(
-    r"/(?P<endpoint>[^/]+)/(?P<op>run|runsync|status|status-sync|stream|cancel|purge-queue)"
-    r"(?:/[^/]*)?$"
+""",
+    keys=("budget",),
+    args=("limit", "window_us", "token"),
 )
 
 
@@ -69,7 +71,7 @@ class Budgets:
     Args:
         redis: the shared Redis.
         limits: ``{endpoint_id: {operation: Limit}}``.
-        prefix: Redis key prefix.
+        keys: the key schema.
         sleep: injectable for tests.
     """
 
@@ -77,13 +79,13 @@ class Budgets:
         self,
         redis: Redis,
         limits: dict[str, dict[str, Limit]],
-        prefix: str = "bridge",
+        keys: Keys,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self.limits = limits
-        self.prefix = prefix
+        self.keys = keys
         self.waited = 0.0
-        self._take = redis.register_script(_TAKE)
+        self._take = TAKE.bind(redis)
         self._sleep = sleep
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -97,16 +99,21 @@ class Budgets:
         limit = self.limits.get(endpoint_id, {}).get(operation)
         if limit is None:
             return 0.0
-        key = f"{self.prefix}:budget:{endpoint_id}:{operation}"
+        key = self.keys.budget(endpoint_id, operation)
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
         waited = 0.0
         async with lock:
             while True:
-                token = random.getrandbits(48)
-                args = [limit.slots, limit.span_us, token]
-                wait_ms = int(await self._take(keys=[key], args=args))
+                wait_ms = int(
+                    await self._take(
+                        budget=key,
+                        limit=limit.slots,
+                        window_us=limit.span_us,
+                        token=random.getrandbits(48),
+                    )
+                )
                 if wait_ms <= 0:
                     self.waited += waited
                     return waited
@@ -114,25 +121,9 @@ class Budgets:
                 waited += pause
                 await self._sleep(pause)
 
+    async def _before(self, request: WireRequest) -> None:
+        await self.acquire(request.endpoint_id, request.op)
 
-def classify(path: str) -> tuple[str, str] | None:
-    """``(endpoint_id, operation)`` of a queue API path, or None for other paths."""
-    match = _OPERATION.search(path)
-    return (match["endpoint"], match["op"]) if match else None
-
-
-def budget_trace_config(budgets: Budgets) -> aiohttp.TraceConfig:
-    """An aiohttp trace config that makes every queue API request wait for its token."""
-
-    async def on_request_start(
-        session: aiohttp.ClientSession,
-        context: SimpleNamespace,
-        params: aiohttp.TraceRequestStartParams,
-    ) -> None:
-        found = classify(params.url.path)
-        if found is not None:
-            await budgets.acquire(*found)
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(on_request_start)
-    return trace
+    def hooks(self) -> Hooks:
+        """Client hooks that make every request wait for its operation's budget."""
+        return Hooks(before=(self._before,))

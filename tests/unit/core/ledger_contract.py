@@ -1,0 +1,265 @@
+"""The core's Redis rules as a contract: the ledger's scripts, leases, breakers, budgets.
+
+Run against fakeredis (with its Lua) in the unit tier (tests/unit/core/test_ledger.py) and
+against a real Redis in the integration tier (tests/integration/bridge/test_ledger.py):
+the same tests, so the fake cannot drift from the real thing unnoticed. Every test takes
+a ``redis`` client and a fresh ``keys`` schema (its own prefix).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from bridge.core.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
+from bridge.core.budget import Budgets, Limit
+from bridge.core.keys import Keys
+from bridge.core.leases import Leases
+from bridge.core.ledger import (
+    RELEASE_FOR_REPLAY,
+    ClaimKind,
+    Delivery,
+    Ledger,
+    cancel_arguments,
+)
+from bridge.core.model import Continuation, Request
+
+
+def request(request_id: str = "r1", **changes: Any) -> Request:
+    fields: dict[str, Any] = {"id": request_id, "route": "echo", "input": {"n": 1},
+                              "mode": "poll", "accepted_at": 1000.0}  # fmt: skip
+    fields.update(changes)
+    return Request(**fields)
+
+
+async def test_a_claim_is_once_and_a_redelivery_is_the_same_request(
+    redis: Redis, keys: Keys
+) -> None:
+    ledger = Ledger(redis, keys)
+    first = await ledger.claim(request(), "w1")
+    again = await ledger.claim(request(accepted_at=2000.0), "w2")  # redelivered later
+    other = await ledger.claim(request(input={"n": 2}), "w3")
+    assert (first.kind, again.kind, other.kind) == (
+        ClaimKind.NEW, ClaimKind.SAME, ClaimKind.CONFLICT,
+    )  # fmt: skip
+    assert await ledger.inflight("echo") == {"r1"}
+    record = await ledger.get("r1")
+    assert (record.state, record.owner, record.created) == ("accepted", "w1", 1000.0)
+    assert record.to_request() == request()
+
+
+async def test_submission_steps_count_and_happen_once(redis: Redis, keys: Keys) -> None:
+    ledger = Ledger(redis, keys)
+    await ledger.claim(request(), "w1")
+    grant = await ledger.mark_submitting("r1", "w1")
+    assert (grant.granted, grant.submissions) == (True, 1)
+    assert (await ledger.mark_submitting("r1", "w2")).granted is False  # never twice
+    assert await ledger.count_submission("r1", 1) == 2
+    marked = await ledger.mark_submitted("r1", "job-1")
+    assert (marked.recorded, marked.cancel_requested) == (True, False)
+    again = await ledger.mark_submitted("r1", "job-2")
+    assert (again.recorded, again.state) == (False, "submitted")
+    record = await ledger.get("r1")
+    assert (record.state, record.job_id, record.submissions) == ("submitted", "job-1", 2)
+
+
+async def test_reopen_allows_one_more_submission_only_from_submitting(
+    redis: Redis, keys: Keys
+) -> None:
+    ledger = Ledger(redis, keys)
+    await ledger.claim(request(), "w1")
+    assert await ledger.reopen("r1") is False  # accepted: nothing to reopen
+    await ledger.mark_submitting("r1", "w1")
+    assert await ledger.reopen("r1") is True
+    assert (await ledger.mark_submitting("r1", "w2")).granted is True
+
+
+async def test_one_final_reply_among_many_finishers(redis: Redis, keys: Keys) -> None:
+    ledger = Ledger(redis, keys)
+    req = request(reply_to=keys.reply("r1"))
+    await ledger.claim(req, "w1")
+    results = await asyncio.gather(*(
+        ledger.finalize(req, {"n": n}, reply_ttl_s=60, result_ttl_s=60, finisher=f"f{n}")
+        for n in range(20)
+    ))  # fmt: skip
+    assert sum(r.won for r in results) == 1
+    assert await redis.llen(keys.reply("r1")) == 1
+    assert await ledger.inflight("echo") == set()
+    winner = next(n for n, r in enumerate(results) if r.won)
+    # The winner asking again (its answer lost) is told it won; nothing is written twice.
+    assert await ledger.finalize(
+        req, {"n": winner}, reply_ttl_s=60, result_ttl_s=60, finisher=f"f{winner}"
+    ) is Delivery.REPLIED  # fmt: skip
+    assert await redis.llen(keys.reply("r1")) == 1
+    assert await ledger.final_reply("r1") == {"n": winner}
+    assert 0 < await redis.ttl(keys.request("r1")) <= 60
+
+
+@pytest.mark.parametrize("kind", ["stream", "hash", "string"])
+async def test_a_reply_target_that_is_not_a_list_is_never_written(
+    redis: Redis, keys: Keys, kind: str
+) -> None:
+    target = f"{keys.prefix}-theirs"
+    if kind == "stream":
+        await redis.xadd(target, {"f": "v"})
+    elif kind == "hash":
+        await redis.hset(target, "f", "v")
+    else:
+        await redis.set(target, "v")
+    before = await redis.dump(target)
+    ledger = Ledger(redis, keys)
+    req = request(reply_to=target)
+    await ledger.claim(req, "w1")
+    delivery = await ledger.finalize(req, {"x": 1}, reply_ttl_s=60, result_ttl_s=60,
+                                     finisher="f")  # fmt: skip
+    assert delivery is Delivery.REFUSED_TARGET
+    assert (await ledger.get("r1")).state == "final"  # finalized all the same
+    assert await redis.dump(target) == before
+    assert await redis.ttl(target) == -1  # no EXPIRE either
+    assert await ledger.push_chunk(request("r2", reply_to=target), {"c": 1}, 60) == -1
+    await ledger.claim(request("r3", reply_to=target), "w1")
+    assert await ledger.push_chunk(request("r3", reply_to=target), {"c": 1}, 60) == -2
+    assert await ledger.push_reply(target, {"x": 1}, 60) is False
+    await redis.delete(target)
+
+
+async def test_chunks_are_numbered_and_never_after_the_result(redis: Redis, keys: Keys) -> None:
+    ledger = Ledger(redis, keys)
+    req = request("r3", reply_to=keys.reply("r3"))
+    await ledger.claim(req, "w1")
+    assert await ledger.push_chunk(req, {"t": "a"}, 60) == 0
+    assert await ledger.push_chunk(req, ["b", 2.5, None], 60) == 1
+    await ledger.finalize(req, {"type": "result"}, reply_ttl_s=60, result_ttl_s=60,
+                          finisher="f")  # fmt: skip
+    assert await ledger.push_chunk(req, {"late": True}, 60) == -1
+    messages = [json.loads(m) for m in await redis.lrange(keys.reply("r3"), 0, -1)]
+    assert messages == [
+        {"type": "chunk", "id": "r3", "seq": 0, "output": {"t": "a"}},
+        {"type": "chunk", "id": "r3", "seq": 1, "output": ["b", 2.5, None]},
+        {"type": "result"},
+    ]
+
+
+async def test_a_cancel_before_arrival_leaves_a_one_day_tombstone(redis: Redis, keys: Keys) -> None:
+    ledger = Ledger(redis, keys)
+    assert await ledger.request_cancel("r4") == "unknown"
+    assert await ledger.request_cancel("r4") == "unknown"
+    assert 86_000 < await redis.ttl(keys.request("r4")) <= 86_400
+    claim = await ledger.claim(request("r4"), "w1")
+    assert (claim.kind, claim.cancel_requested) == (ClaimKind.NEW, True)
+    assert (await ledger.get("r4")).cancel is True
+
+
+async def test_a_revoke_by_task_id_reaches_the_request_before_and_after_arrival(
+    redis: Redis, keys: Keys
+) -> None:
+    ledger = Ledger(redis, keys)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.cancel_channel)
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    late = request("req-5", continuation=Continuation(task_id="task-5"))
+    await ledger.claim(late, "w1")
+    assert await ledger.request_cancel("task-5") == "accepted"
+    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+    assert message is not None
+    assert message["data"] == b"req-5"
+    assert (await ledger.get("req-5")).cancel is True
+    # Revoked before it arrived: the claim under its request id sees the task's tombstone.
+    assert await ledger.request_cancel("task-6") == "unknown"
+    early = request("req-6", continuation=Continuation(task_id="task-6"))
+    assert (await ledger.claim(early, "w1")).cancel_requested is True
+    await pubsub.aclose()
+
+
+async def test_replay_releases_only_the_record_its_dead_letter_names(
+    redis: Redis, keys: Keys
+) -> None:
+    ledger = Ledger(redis, keys)
+    release = RELEASE_FOR_REPLAY.bind(redis)
+    req = request()
+    await ledger.claim(req, "w1")
+    await ledger.finalize(req, {"x": 1}, reply_ttl_s=60, result_ttl_s=60, finisher="mine")
+    state, _ = await release(req=keys.request("r1"), finisher="someone-else")
+    assert state == b"taken"
+    assert (await ledger.get("r1")).state == "final"
+    state, recorded = await release(req=keys.request("r1"), finisher="mine")
+    assert state == b"released"
+    assert json.loads(recorded)["input"] == {"n": 1}
+    assert (await ledger.get("r1")).state is None
+    assert (await release(req=keys.request("r1"), finisher="mine"))[0] == b"gone"
+
+
+async def test_leases_adopt_only_the_requests_of_dead_owners(redis: Redis, keys: Keys) -> None:
+    ledger = Ledger(redis, keys)
+    alive = Leases(redis, keys, "alive", ttl_s=30)
+    dead = Leases(redis, keys, "dead", ttl_s=30)
+    await alive.renew()
+    await dead.renew()
+    await ledger.claim(request("a"), "alive")
+    await ledger.claim(request("d"), "dead")
+    await ledger.claim(request("f"), "dead")
+    await ledger.finalize(request("f"), {}, reply_ttl_s=60, result_ttl_s=60, finisher="x")
+    assert (await alive.adopt(["echo"], 100)).adopted == []  # everyone alive: cheap no-op
+    await dead.drop()
+    found = await alive.adopt(["echo"], 100)
+    assert found.adopted == ["d"]
+    assert (await ledger.get("d")).owner == "alive"
+    full = await alive.adopt(["echo"], 100, full=True)
+    assert (full.adopted, sorted(full.own)) == ([], ["a", "d"])
+
+
+async def test_the_breaker_opens_probes_and_closes(redis: Redis, keys: Keys) -> None:
+    now = [1000.0]
+    breakers = Breakers(redis, keys, threshold=3, open_s=30.0, cache_s=0.0,
+                        clock=lambda: now[0])  # fmt: skip
+    for _ in range(2):
+        assert await breakers.record("ep", False) == CLOSED
+    assert await breakers.record("ep", False) == OPEN
+    state = await breakers.get("ep")
+    assert (state.state, state.retry_in(30.0, now[0])) == (OPEN, 30.0)
+    now[0] += 30.0
+    assert (await breakers.get("ep")).state == HALF_OPEN
+    assert await breakers.try_probe("ep") is True
+    assert await breakers.try_probe("ep") is False  # one probe at a time
+    assert await breakers.record("ep", True) == CLOSED
+    assert (await breakers.get("ep")).failures == 0
+    assert 0 < await redis.ttl(keys.breaker("ep")) <= 86_400
+
+
+async def test_a_failed_probe_opens_the_breaker_again(redis: Redis, keys: Keys) -> None:
+    now = [0.0]
+    breakers = Breakers(redis, keys, threshold=1, open_s=10.0, cache_s=0.0,
+                        clock=lambda: now[0])  # fmt: skip
+    assert await breakers.record("ep", False) == OPEN
+    now[0] = 10.0
+    assert await breakers.record("ep", False) == OPEN
+    assert (await breakers.get("ep")).opened_at == 10.0
+
+
+async def test_a_budget_allows_90_percent_then_waits_out_the_window(
+    redis: Redis, keys: Keys
+) -> None:
+    waits: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        raise asyncio.CancelledError  # stop after the first wait: we only read its length
+
+    budgets = Budgets(redis, {"ep": {"run": Limit(20, 10.0)}}, keys, sleep=fake_sleep)
+    for _ in range(18):  # 90 % of 20
+        assert await budgets.acquire("ep", "run") == 0.0
+    assert await budgets.acquire("ep", "health") == 0.0  # no limit configured
+    with pytest.raises(asyncio.CancelledError):
+        await budgets.acquire("ep", "run")
+    assert 12.0 < waits[0] <= 13.0  # the window + 3 s: until the oldest slot leaves it
+
+
+async def test_the_cancel_script_takes_its_arguments_by_name(redis: Redis, keys: Keys) -> None:
+    arguments = cancel_arguments(keys, "r9")
+    assert arguments["req"] == keys.request("r9")
+    assert arguments["alias"] == keys.task("r9")
+    assert arguments["channel"] == keys.cancel_channel
