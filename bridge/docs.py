@@ -1,10 +1,12 @@
-"""The README's configuration reference, generated from the settings models.
+"""The README's generated parts: the configuration reference (from the settings
+models) and the Redis key schema (from :mod:`bridge.core.keys`).
 
-``python -m bridge.docs`` rewrites the block between the markers in README.md;
-``python -m bridge.docs --check`` exits 1 when it is stale (tests/unit/test_readme.py
+``python -m bridge.docs`` rewrites the blocks between their markers in README.md;
+``python -m bridge.docs --check`` exits 1 when one is stale (tests/unit/test_readme.py
 fails then too). Every field's type, default and description come from
 :class:`~bridge.settings.BridgeSettings`, :class:`~bridge.settings.RouteConfig` and
-:class:`~bridge.emulator.settings.EmulatorSettings`, so the tables cannot drift.
+:class:`~bridge.emulator.settings.EmulatorSettings`, every key from
+:func:`bridge.core.keys.schema`, so the tables cannot drift.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from bridge.core.keys import schema
 from bridge.emulator.settings import EmulatorSettings
 from bridge.settings import BridgeSettings, RouteConfig
 
@@ -30,6 +33,11 @@ BEGIN = (
     "tests/unit/test_readme.py fails when it differs -->"
 )
 END = "<!-- /config-reference -->"
+KEYS_BEGIN = (
+    "<!-- key-schema: generated from bridge.core.keys by `python -m bridge.docs`; "
+    "tests/unit/test_readme.py fails when it differs -->"
+)
+KEYS_END = "<!-- /key-schema -->"
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -138,25 +146,42 @@ def reference() -> str:
     return "\n".join(lines)
 
 
-def current(readme: str) -> str | None:
-    """The block as README.md has it now (None when the markers are missing)."""
-    start = readme.find(BEGIN)
-    end = readme.find(END, start)
-    return readme[start : end + len(END)] if start >= 0 and end >= 0 else None
+def key_schema() -> str:
+    """The generated key-schema block, markers included (default prefix and streams)."""
+    lines = [KEYS_BEGIN, "", "| key | type | lives | what |", "|---|---|---|---|"]
+    for spec in schema():
+        fields = [f"`{spec.pattern}`", spec.type, spec.lifetime, spec.purpose]
+        lines.append("| " + " | ".join(cell(f) for f in fields) + " |")
+    return "\n".join([*lines, "", KEYS_END])
+
+
+BLOCKS = {"configuration reference": (BEGIN, END, reference),
+          "key schema": (KEYS_BEGIN, KEYS_END, key_schema)}  # fmt: skip
+
+
+def current(readme: str, begin: str = BEGIN, end_marker: str = END) -> str | None:
+    """A block as README.md has it now (None when its markers are missing)."""
+    start = readme.find(begin)
+    end = readme.find(end_marker, start)
+    return readme[start : end + len(end_marker)] if start >= 0 and end >= 0 else None
 
 
 def main(argv: list[str]) -> int:
     text = README.read_text(encoding="utf-8")
-    block = current(text)
-    if block is None:
-        print(f"README.md has no {BEGIN!r} … {END!r} block", file=sys.stderr)
-        return 1
+    stale = []
+    for name, (begin, end, render) in BLOCKS.items():
+        block = current(text, begin, end)
+        if block is None:
+            print(f"README.md has no {begin!r} … {end!r} block", file=sys.stderr)
+            return 1
+        if block != render():
+            stale.append(name)
+            text = text.replace(block, render())
     if "--check" in argv:
-        stale = block != reference()
-        print("README.md's configuration reference is stale" if stale else "up to date")
-        return int(stale)
-    README.write_text(text.replace(block, reference()), encoding="utf-8")
-    print("README.md's configuration reference regenerated")
+        print(f"README.md's {', '.join(stale)} is stale" if stale else "up to date")
+        return int(bool(stale))
+    README.write_text(text, encoding="utf-8")
+    print("README.md's generated blocks regenerated")
     return 0
 
 

@@ -75,6 +75,12 @@ class Keys:
     def inflight(self, route: str) -> str:
         return f"{self.prefix}:inflight:{route}"
 
+    @property
+    def door_failures(self) -> str:
+        """JSON-door entries being handled again, counted: one that keeps killing its
+        worker is dead-lettered unread."""
+        return f"{self.prefix}:door:failures"
+
     # -- workers --------------------------------------------------------------------------
     def owner(self, owner: str) -> str:
         return f"{self.prefix}:owner:{owner}"
@@ -130,8 +136,8 @@ def schema(keys: Keys | None = None) -> list[KeySpec]:
         KeySpec(k.request("{id}"), "hash",
                 f"{PENDING_TTL_S // day} days while in flight; the route's result_ttl_s once "
                 f"final; {TOMBSTONE_TTL_S // day} day for a cancel that came first",
-                "one request: state, route, request, job_id, cancel, owner, submissions, "
-                "chunks, token, final"),
+                "one request: state, route, request, reply_to, job_id, cancel, owner, "
+                "submissions, chunks, token, final, finisher, delivered"),
         KeySpec(k.task("{task_id}"), "string", f"{PENDING_TTL_S // day} days",
                 "a Celery task id that is not its request id → the request id"),
         KeySpec(k.inflight("{route}"), "set", "members leave when final",
@@ -148,6 +154,8 @@ def schema(keys: Keys | None = None) -> list[KeySpec]:
                 "the budget's window + 1 s", "request budget: a sliding log"),
         KeySpec(k.health("{route}"), "string",
                 f"{HEALTH_TTL_FACTOR} health intervals", "last health snapshot (JSON)"),
+        KeySpec(k.door_failures, "hash", "fields leave once handled",
+                "JSON-door entries read again, counted while handled (poison detection)"),
         KeySpec(k.stat("{name}"), "string", "none (counters)",
                 "ambiguous submissions counted per cause"),
         KeySpec(k.reply("{id}"), "list", "the route's reply_ttl_s",

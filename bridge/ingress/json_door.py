@@ -84,7 +84,7 @@ class JsonDoor:
         self.stream = keys.requests_stream
         self.group = settings.consumer_group
         self.consumer = consumer
-        self.failures_key = f"{keys.prefix}:door:failures"
+        self.failures_key = keys.door_failures
         self._accept = accept
         self._refuse = refuse
         self._dead_letter = dead_letter
