@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from bridgekit import cleanup, make_setup
-from conftest import start_worker, wait_ready
+from conftest import start_worker, stop_processes, wait_ready
 
 from bridge.emulator.settings import EmulatorSettings, EndpointConfig, TemplateConfig
 from bridge.emulator.testing import EmulatorHandle, running_emulator, wait_until
@@ -65,8 +65,7 @@ def test_faults_lose_nothing_and_duplicate_nothing(
         letters = setup.redis.xrange(setup.settings.dlq_stream)
     finally:
         flaky.set_faults("echo")
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_processes([worker])  # SIGKILL after 20 s: a stuck worker must not outlive us
         cleanup(setup)
     total = JOBS + 50
     assert [len(r) for r in results] == [1] * total  # exactly one final reply each

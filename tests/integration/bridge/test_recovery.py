@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from bridgekit import cleanup, make_setup
-from conftest import assert_no_late_replies, start_worker, wait_ready
+from conftest import assert_no_late_replies, start_worker, stop_processes, wait_ready
 
 from bridge.emulator.settings import EmulatorSettings, EndpointConfig, TemplateConfig
 from bridge.emulator.testing import EmulatorHandle, running_emulator, wait_until
@@ -99,10 +99,7 @@ def test_kill_9_with_1000_jobs_in_flight(
         outputs = [r.get(timeout=60) for r in celery_door]
         assert_no_late_replies(setup.redis, setup.settings, [reply_to for _, reply_to in sent])
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
+        stop_processes([p for p in (first, second) if p is not None])
         cleanup(setup)
     print(
         f"\nkill -9 with {JOBS + 20} jobs in flight: followed again {followed_in:.1f} s and "
@@ -146,8 +143,7 @@ def test_ambiguous_window_follows_the_route_policy(
             wait_until(lambda: setup.redis.xlen(setup.settings.dlq_stream) > 0, timeout=10)
         letters = setup.redis.xrange(setup.settings.dlq_stream)
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_processes([worker])
         cleanup(setup)
     assert result["status"] == expected
     submissions = big_emulator.stats("echo")["submissions"] - before
@@ -181,7 +177,6 @@ def test_a_request_this_worker_lost_track_of_is_resumed(
         setup.redis.sadd(f"{prefix}:inflight:echo", request_id)
         result = list(setup.producer.replies(reply_to, timeout=30))
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_processes([worker])
         cleanup(setup)
     assert [(r["status"], r.get("output")) for r in result] == [("COMPLETED", {"lost": 1})]

@@ -86,8 +86,9 @@ def test_worker_survives_a_redis_restart(
     worker = start_worker(setup.env, setup.log)
     try:
         wait_ready(setup.app, worker, setup.log)
-        sent = [setup.producer.send("echo", {"k": k, "sleep_ms": 2000}) for k in range(100)]
-        wait_until(lambda: setup.states([r for r, _ in sent]) == {b"submitted": 100}, timeout=30)
+        # 8 s jobs: all 100 are still running when the last is submitted, however slowly
+        sent = [setup.producer.send("echo", {"k": k, "sleep_ms": 8000}) for k in range(100)]
+        wait_until(lambda: setup.states([r for r, _ in sent]) == {b"submitted": 100}, timeout=60)
         noticed = setup.log.read_text().count(OUTAGE_LINE)
         private_redis.stop()
         # Redis stays away until the worker has run into the outage

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from conftest import start_worker, wait_ready
+from conftest import start_worker, stop_processes, wait_ready
 
 from bridge.emulator.testing import EmulatorHandle, wait_until
 from bridge.producer import JsonDoorClient
@@ -76,10 +76,7 @@ def hooked(
         wait_until(lambda: _answers(f"{receiver}/healthz"), timeout=20)
         yield WebhookBridge(settings, JsonDoorClient(settings, client), receiver)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=20)
+        stop_processes(procs)
         for key in client.scan_iter(f"wh-{tag}*"):
             client.delete(key)
         client.close()
