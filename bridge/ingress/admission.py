@@ -90,7 +90,7 @@ class Admission:
             return refused("invalid_arguments", f"unexpected argument(s): {', '.join(unexpected)}")
         problem = json_problem(arguments, self.settings.max_input_depth + 1)
         if problem is not None:
-            return refused("invalid_input", f"the arguments are {problem}")
+            return refused("invalid_input", f"the arguments hold {problem}")
         fields = {
             "id": request_id,
             "route": route,
@@ -128,6 +128,13 @@ class Admission:
             return self._vetted(Refusal(reason, message, request_id, route,
                                         envelope.reply_to, payload))  # fmt: skip
 
+        if envelope.reply_to is not None:  # first: a refusal must not be written there
+            route = settings.routes.get(envelope.route or "")
+            problem = reply_target_problem(envelope.reply_to, settings, route)
+            if problem is not None:
+                return dataclasses.replace(
+                    refuse("bad_reply_to", problem, envelope.route or ""), reply_to=None
+                )  # answered nowhere
         route_name = envelope.route
         if route_name is None:
             matches = [n for n, r in settings.routes.items()
@@ -147,11 +154,6 @@ class Admission:
                 f"{route.max_payload_bytes}",
                 route_name,
             )
-        if envelope.reply_to is not None:
-            problem = reply_target_problem(envelope.reply_to, settings, route)
-            if problem is not None:
-                refusal = refuse("bad_reply_to", problem, route_name)
-                return dataclasses.replace(refusal, reply_to=None)  # answered nowhere
         mode = envelope.mode or route.mode
         if mode == "webhook" and not settings.webhook_url:
             return refuse("webhook_unavailable",

@@ -5,9 +5,9 @@ as JSON. Parsing never raises: a message is either a valid :class:`Envelope` or
 :class:`CancelMessage`, or a :class:`~bridge.core.model.Refusal` with a reason a person
 can act on (and the request id and reply list when they could be read, so the sender can
 be answered). Limits hold before anything deep happens: the size is checked before the
-JSON is decoded, ``NaN`` and ``Infinity`` (and numbers too large for a float, like
-``1e999``) are refused by the decoder, and nesting deeper than ``max_depth`` is refused
-before the envelope is validated or copied.
+JSON is decoded; ``NaN`` and ``Infinity`` (and numbers too large for a float, like
+``1e999``) and nesting deeper than ``max_depth`` are refused right after decoding, before
+the envelope is validated or copied, with the request's id and reply list when given.
 """
 
 from __future__ import annotations
@@ -89,50 +89,29 @@ DEFAULT_MAX_DEPTH = 64
 """Deepest nesting of lists and objects accepted (``BRIDGE_MAX_INPUT_DEPTH``)."""
 
 
-class _NotFinite(ValueError):
-    pass
-
-
-def _constant(name: str) -> Any:
-    raise _NotFinite(f"{name} is not a number JSON allows")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _NotFinite(f"{text} is too large for a number")
-    return value
-
-
-def decode_json(raw: bytes | str) -> Any:
-    """``json.loads`` refusing ``NaN``, ``Infinity`` and numbers that overflow a float
-    (raises ValueError or RecursionError)."""
-    return json.loads(raw, parse_constant=_constant, parse_float=_finite)
-
-
 def json_problem(value: Any, max_depth: int) -> str | None:
-    """Why ``value`` cannot travel as JSON to an endpoint (None: it can): nesting deeper
-    than ``max_depth``, a float that is NaN or infinite, a key that is not a string, or a
+    """What in ``value`` cannot travel as JSON to an endpoint (None: nothing): nesting of
+    ``max_depth`` levels or more (the input's own levels: ``max_depth - 1``), a float that is NaN or infinite, a key that is not a string, or a
     value of another type. Walks iteratively: no recursion, whatever the depth."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
             if depth >= max_depth:
-                return f"nested deeper than {max_depth} levels"
+                return f"nesting deeper than {max_depth - 1} levels"
             for key, child in item.items():
                 if not isinstance(key, str):
-                    return "an object key is not a string"
+                    return "an object key that is not a string"
                 stack.append((child, depth + 1))
         elif isinstance(item, list | tuple):
             if depth >= max_depth:
-                return f"nested deeper than {max_depth} levels"
+                return f"nesting deeper than {max_depth - 1} levels"
             stack.extend((child, depth + 1) for child in item)
         elif isinstance(item, float):
             if not math.isfinite(item):
-                return "NaN and Infinity are not numbers JSON allows"
+                return "NaN or Infinity (not numbers JSON allows)"
         elif not (item is None or isinstance(item, str | int | bool)):
-            return f"a value of type {type(item).__name__} is not JSON"
+            return f"a value of type {type(item).__name__} (not JSON)"
     return None
 
 
@@ -148,18 +127,19 @@ def parse_payload(
     if size > max_bytes:
         return Refusal("payload_too_large", f"payload is {size} bytes; the limit is {max_bytes}")
     try:
-        data = decode_json(raw)
+        # NaN, Infinity and 1e999 decode (to floats JSON cannot carry) so that the
+        # refusal below can name the request and answer it; json_problem refuses them.
+        data = json.loads(raw)
     # ValueError also covers numbers over Python's int digit limit and invalid UTF-8
     except (ValueError, RecursionError) as exc:
-        reason = "invalid_input" if isinstance(exc, _NotFinite) else "invalid_json"
-        return Refusal(reason, f"payload is not valid JSON: {_short(exc)}")
+        return Refusal("invalid_json", f"payload is not valid JSON: {_short(exc)}")
     if not isinstance(data, dict):
         return Refusal("invalid_envelope", "payload must be a JSON object (the envelope)")
     request_id = _safe(data.get("id"), REQUEST_ID)
     reply_to = _safe(data.get("reply_to"), REPLY_KEY)
     problem = json_problem(data, max_depth + 1)  # the envelope is one level above input
     if problem is not None:
-        return Refusal("invalid_input", f"the envelope is {problem}", request_id,
+        return Refusal("invalid_input", f"the envelope holds {problem}", request_id,
                        reply_to=reply_to)  # fmt: skip
     try:
         if data.get("type") == "cancel":

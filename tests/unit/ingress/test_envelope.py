@@ -214,3 +214,36 @@ def test_envelope_shaped_objects_never_raise(value: dict[str, Any]) -> None:
     assert isinstance(parsed, Parsed)
     if isinstance(parsed, Envelope):
         assert parsed.input == value["input"]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "[1, NaN]"])
+def test_numbers_json_cannot_carry_are_refused_and_answered(value: str) -> None:
+    raw = f'{{"id": "r1", "route": "r", "input": {{"x": {value}}}, "reply_to": "replies:1"}}'
+    refused = rejection(raw)
+    assert (refused.reason, refused.request_id, refused.reply_to) == (
+        "invalid_input", "r1", "replies:1",
+    )  # fmt: skip
+    assert "NaN or Infinity" in refused.message
+
+
+def test_nesting_past_the_limit_is_refused_before_validation() -> None:
+    def nested(depth: int) -> str:
+        return '{"a":' * depth + "1" + "}" * depth
+
+    ok = f'{{"route": "r", "input": {nested(64)}}}'
+    assert isinstance(parse_payload(ok, max_bytes=LIMIT, max_depth=64), Envelope)
+    deep = f'{{"route": "r", "input": {nested(65)}}}'
+    refused = parse_payload(deep, max_bytes=LIMIT, max_depth=64)
+    assert isinstance(refused, Refusal)
+    assert (refused.reason, refused.message) == (
+        "invalid_input", "the envelope holds nesting deeper than 64 levels",
+    )  # fmt: skip
+    # Far past Python's recursion limit: still a clear refusal, never a RecursionError.
+    huge = '{"route": "r", "input": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    assert rejection(huge, max_bytes=1_000_000).reason in (
+        "invalid_json", "invalid_input",
+    )  # fmt: skip
+
+
+def test_invalid_utf8_is_invalid_json() -> None:
+    assert rejection(b'{"route": "r", "input": {"t": "\xff\xfe"}}').reason == "invalid_json"
