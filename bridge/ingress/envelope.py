@@ -90,9 +90,10 @@ DEFAULT_MAX_DEPTH = 64
 
 
 def json_problem(value: Any, max_depth: int) -> str | None:
-    """What in ``value`` cannot travel as JSON to an endpoint (None: nothing): nesting of
-    ``max_depth`` levels or more (the input's own levels: ``max_depth - 1``), a float that is NaN or infinite, a key that is not a string, or a
-    value of another type. Walks iteratively: no recursion, whatever the depth."""
+    """What in ``value`` cannot travel as JSON to an endpoint (None: nothing): nesting
+    of ``max_depth`` levels or more, a float that is NaN or infinite, a key that is not
+    a string, or a value of another type. Walks iteratively: no recursion, whatever the
+    depth."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
