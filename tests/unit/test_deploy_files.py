@@ -63,9 +63,15 @@ def env_is_read(name: str, api_key_envs: set[str]) -> bool:
     return name in api_key_envs
 
 
+SET_BY_USER = {"RUNPOD_API_KEY": "a-key-from-the-shell"}
+"""What a user sets for compose's required variables (``${VAR:?message}``)."""
+
+
 def compose_default(value: str) -> str:
-    """``${VAR:-default}`` as compose resolves it with VAR unset."""
-    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    """``${VAR:-default}`` as compose resolves it with VAR unset, ``${VAR:?message}``
+    with VAR set as in :data:`SET_BY_USER`."""
+    value = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", lambda m: SET_BY_USER[m[1]], value)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +116,9 @@ def test_dependencies_wait_for_health_where_there_is_one(services: dict[str, Any
             assert dependency in services, f"{name} depends on unknown {dependency}"
             assert how["condition"] in ("service_healthy", "service_started"), (name, how)
     assert services["worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert services["worker"]["depends_on"]["emulator"]["condition"] == "service_healthy"
+    assert services["worker"]["depends_on"]["emulator"] == {
+        "condition": "service_healthy", "required": False,  # the emulator is dev only
+    }  # fmt: skip
     assert services["beat"]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
@@ -141,7 +149,6 @@ def test_bridge_services_run_bridge_commands_that_exist(services: dict[str, Any]
 def test_every_variable_set_is_read_by_the_settings(services: dict[str, Any]) -> None:
     routes = BridgeSettings.load(ROOT / "config" / "compose.toml").routes
     key_envs = {r.api_key_env for r in routes.values() if r.api_key_env}
-    assert key_envs == {"RUNPOD_API_KEY"}
     for name in BRIDGE_SERVICES:
         for variable in services[name].get("environment") or {}:
             assert env_is_read(variable, key_envs), f"{name}: nothing reads {variable}"
@@ -166,8 +173,52 @@ def test_worker_settings_load_from_compose(
         settings = BridgeSettings.load()
         assert settings.redis_url == "redis://redis:6379/0"
         assert {r.base_url for r in settings.routes.values()} == {"http://emulator:8000/v2"}
-        for route in settings.routes.values():
-            assert route.api_key().get_secret_value() == "change-me-emulator-key"
+        for route in settings.routes.values():  # the key: compose's secret, from a file
+            assert route.api_key_file == Path("/run/secrets/", SECRET)
+
+
+SECRET = "runpod_api_key"
+
+
+def test_the_api_key_is_a_required_secret_never_a_default(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    assert compose["secrets"] == {SECRET: {"environment": "RUNPOD_API_KEY"}}
+    for name in ("worker", "beat", "webhooks"):
+        assert services[name]["secrets"] == [SECRET]
+        assert "RUNPOD_API_KEY" not in (services[name].get("environment") or {})
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text
+    assert "${RUNPOD_API_KEY:?" in text  # compose refuses to start without it
+
+
+def test_dev_parts_are_a_profile_and_listen_on_loopback(services: dict[str, Any]) -> None:
+    for name in ("emulator", "flower"):
+        assert services[name]["profiles"] == ["dev"]
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    for name in ("worker", "beat", "webhooks", "redis"):
+        assert "profiles" not in services[name], name
+    assert "emulator" in services["emulator"]["environment"]["BRIDGE_EMULATOR_ALLOWED_HOSTS"]
+
+
+def test_flower_is_pinned_and_refuses_to_run_without_a_password(
+    services: dict[str, Any],
+) -> None:
+    flower = services["flower"]
+    assert re.fullmatch(r"mher/flower:\d+\.\d+\.\d+", flower["image"])
+    script = flower["entrypoint"][2]
+    assert 'test -n "$$FLOWER_BASIC_AUTH" || ' in script
+    assert "exit 1" in script
+    assert flower["environment"] == {"FLOWER_BASIC_AUTH": "${FLOWER_BASIC_AUTH:-}"}
+
+
+def test_production_settings_of_every_long_running_service(services: dict[str, Any]) -> None:
+    for name in BRIDGE_SERVICES:
+        service = services[name]
+        assert service["stop_grace_period"] == "45s", name  # shutdown waits up to 30 s
+        assert service["deploy"]["resources"]["limits"]["memory"], name
+    command = services["redis"]["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
 
 
 def test_emulator_settings_load_from_compose(
@@ -180,8 +231,8 @@ def test_emulator_settings_load_from_compose(
     settings = EmulatorSettings.load(str(config).replace(MOUNT, str(ROOT / "config")))
     settings.check_bind()  # listening on 0.0.0.0 needs real keys: compose sets them
     assert (settings.host, settings.port) == ("0.0.0.0", 8000)
-    assert settings.accepted_keys() == ["change-me-emulator-key"]
-    _, container_port = emulator["ports"][0].split(":")
+    assert settings.accepted_keys() == [SET_BY_USER["RUNPOD_API_KEY"]]
+    _, _, container_port = emulator["ports"][0].split(":")
     assert int(container_port) == settings.port
 
 
