@@ -28,7 +28,8 @@ log = logging.getLogger("bridge.webhooks")
 
 LEDGER: web.AppKey[Ledger] = web.AppKey("ledger", Ledger)
 MAX_BODY = 1024
-"""The body is never read (a webhook only wakes its request): anything larger is refused."""
+"""The body is never read (a webhook only wakes its request; RunPod's carries the job's
+input and output, and only the token in the URL counts): were it read, no more than this."""
 
 
 async def receive(request: web.Request) -> web.Response:
