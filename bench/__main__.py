@@ -10,7 +10,7 @@ the processes it started to ``bench/results/logs/NAME/``; the combined table goe
 Examples::
 
     python -m bench                          # everything (about 15 min)
-    python -m bench --quick                  # a smoke test of everything (about 4 min)
+    python -m bench --quick                  # a smoke test of everything (about 3 min)
     python -m bench --only client_latency    # a subset (comma-separated or repeated)
 """
 

@@ -20,7 +20,7 @@ the worker's RSS (idle before; every second; peak ``VmHWM``), the 429s the emula
 answered, Redis commands and CPU per request (``INFO``), the endpoint HTTP requests per
 request, and the worker's CPU time.
 
-Run: ``.venv/bin/python bench/inflight.py`` (about 8 min for 10,000; ``--quick``: 300
+Run: ``.venv/bin/python bench/inflight.py`` (about 6.5 min for 10,000; ``--quick``: 300
 jobs, about 40 s).
 """
 
