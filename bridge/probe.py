@@ -2,8 +2,9 @@
 Container health checks (Dockerfile, docker-compose.yml) call it.
 
 - ``redis``: PING the bridge's Redis.
-- ``worker``: a Celery ping addressed to one worker node (default ``celery@HOSTNAME``,
-  what ``bridge worker`` is called in a container).
+- ``worker``: asks one worker node (default ``celery@HOSTNAME``, what ``bridge worker`` is
+  called in a container) whether its bridge serves: its event loop answers, its lease is
+  fresh, its JSON door and listener run, Redis answers (not only Celery's own ping).
 - ``beat``: the newest health snapshot of any route is younger than three of its
   intervals (so beat sends the checks, and a worker runs them).
 - ``emulator``: the emulator's ``/_emulator/stats`` answers with the configured key.
@@ -53,14 +54,20 @@ def ping_worker(settings: Any, node: str | None, timeout: float) -> str:
     node = node or f"celery@{socket.gethostname()}"
     app = create_app(settings)
     try:
-        replies = app.control.ping(destination=[node], timeout=timeout)
+        replies = app.control.broadcast(
+            "bridge_health", destination=[node], reply=True, timeout=timeout
+        )
     except (redis.RedisError, OSError) as exc:
         raise Unhealthy(f"cannot reach the broker: {type(exc).__name__}") from None
     finally:
         app.close()
-    if not replies:
+    answer = next((r[node] for r in replies or [] if node in r), None)
+    if answer is None:
         raise Unhealthy(f"worker {node} does not answer")
-    return f"worker {node} answers"
+    if not answer.get("ok"):
+        problems = "; ".join(answer.get("problems") or []) or "unknown"
+        raise Unhealthy(f"worker {node} answers but does not serve: {problems}")
+    return f"worker {node} serves ({answer.get('in_flight', 0)} request(s) in flight)"
 
 
 def ping_beat(settings: Any, timeout: float) -> str:

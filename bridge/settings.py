@@ -190,6 +190,11 @@ class BridgeSettings(BaseSettings):
     max_input_depth: int = Field(
         64, ge=1, le=1000, description="deepest nesting of lists and objects in an input"
     )
+    route_handoff: bool = Field(
+        True,
+        description="a JSON-door request for a route this worker does not serve goes to a "
+        "live worker that does (refused unknown_route only when none does)",
+    )
     max_entry_failures: int = Field(
         5, ge=1, description="a JSON-door entry failing this often is dead-lettered"
     )

@@ -75,6 +75,15 @@ class Keys:
     def inflight(self, route: str) -> str:
         return f"{self.prefix}:inflight:{route}"
 
+    def route_stream(self, route: str) -> str:
+        """Requests for ``route`` handed over by a worker that does not serve it."""
+        return f"{self.prefix}:route:{route}:requests"
+
+    @property
+    def serving(self) -> str:
+        """Which routes live workers serve: route → when a worker last said so."""
+        return f"{self.prefix}:serving"
+
     @property
     def door_failures(self) -> str:
         """JSON-door entries being handled again, counted: one that keeps killing its
@@ -154,6 +163,10 @@ def schema(keys: Keys | None = None) -> list[KeySpec]:
                 "the budget's window + 1 s", "request budget: a sliding log"),
         KeySpec(k.health("{route}"), "string",
                 f"{HEALTH_TTL_FACTOR} health intervals", "last health snapshot (JSON)"),
+        KeySpec(k.route_stream("{route}"), "stream", "entries deleted once handled",
+                "requests handed over by a worker that does not serve the route"),
+        KeySpec(k.serving, "hash", "rewritten at every lease renewal",
+                "route → when a live worker last said it serves it"),
         KeySpec(k.door_failures, "hash", "fields leave once handled",
                 "JSON-door entries read again, counted while handled (poison detection)"),
         KeySpec(k.stat("{name}"), "string", "none (counters)",

@@ -9,6 +9,7 @@ from its ledger record.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -77,11 +78,20 @@ class Found:
 class Leases:
     """This process' lease and the adoption of orphaned requests."""
 
-    def __init__(self, redis: Redis, keys: Keys, owner: str, *, ttl_s: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        owner: str,
+        *,
+        ttl_s: float,
+        routes: Sequence[str] = (),
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.owner = owner
         self.ttl_s = ttl_s
+        self.routes = list(routes)
         self._adopt = ADOPT.bind(redis)
 
     async def renew(self) -> None:
@@ -91,6 +101,9 @@ class Leases:
         pipe.set(self.keys.owner(self.owner), "1", px=int(self.ttl_s * 1000))
         pipe.zadd(self.keys.owners, {self.owner: now_ms})
         pipe.expire(self.keys.owners, OWNERS_TTL_S)
+        if self.routes:  # the routes we serve: a door that cannot serve one hands it here
+            pipe.hset(self.keys.serving, mapping=dict.fromkeys(self.routes, time.time()))
+            pipe.expire(self.keys.serving, OWNERS_TTL_S)
         await pipe.execute()
 
     async def drop(self) -> None:

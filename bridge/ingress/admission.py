@@ -146,7 +146,8 @@ class Admission:
         route = settings.routes.get(route_name)
         if route is None:
             known = ", ".join(sorted(settings.routes))
-            return refuse("unknown_route", f"unknown route {route_name!r} (configured: {known})")
+            message = f"unknown route {route_name!r} (configured: {known})"
+            return refuse("unknown_route", message, route_name)
         if size > route.max_payload_bytes:
             return refuse(
                 "payload_too_large",

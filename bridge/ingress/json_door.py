@@ -82,6 +82,8 @@ class JsonDoor:
         self.ledger = ledger
         self.admission = admission
         self.stream = keys.requests_stream
+        # Its own routes' hand-off streams: entries other workers read but cannot serve.
+        self.streams = [keys.requests_stream, *(keys.route_stream(r) for r in settings.routes)]
         self.group = settings.consumer_group
         self.consumer = consumer
         self.failures_key = keys.door_failures
@@ -95,16 +97,17 @@ class JsonDoor:
         self.alive_at = time.monotonic()
         """When the door last completed a read (its health)."""
 
-    async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    async def ensure_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def run(self) -> None:
         """Read and dispatch until cancelled; Redis outages are waited out."""
-        await self.ensure_group()
+        await self.ensure_groups()
         pending_first = True  # entries this consumer read before a restart come first
         next_claim = time.monotonic()
         while True:
@@ -116,43 +119,49 @@ class JsonDoor:
             try:
                 start = "0" if pending_first else ">"
                 replies = await self.redis.xreadgroup(
-                    self.group, self.consumer, {self.stream: start},
+                    self.group, self.consumer, dict.fromkeys(self.streams, start),
                     count=self.batch, block=None if pending_first else self.block_ms,
                 )  # fmt: skip
-                entries = _entries(replies)
-                if pending_first and not entries:
+                batches = _entries(replies)
+                if pending_first and not any(entries for _, entries in batches):
                     pending_first = False
                     continue
-                await self.handle_batch(entries, reread=pending_first)
+                for stream, entries in batches:
+                    await self.handle_batch(stream, entries, reread=pending_first)
                 if time.monotonic() >= next_claim:
                     next_claim = time.monotonic() + self.settings.stale_entry_s / 2
-                    await self._claim_stale()
+                    for stream in self.streams:
+                        await self._claim_stale(stream)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                await self.ensure_group()
+                await self.ensure_groups()
             except _STORE_ERRORS as exc:
                 # Unacknowledged entries stay pending and are read again.
                 log.warning("reading %s failed (%s); retrying", self.stream, exc)
                 pending_first = True
                 await asyncio.sleep(1.0)
 
-    async def _claim_stale(self) -> None:
+    async def _claim_stale(self, stream: str) -> None:
         """Entries another consumer read but never acknowledged (it died while handling
         them, or they wait for an open breaker) are taken over and handled here; the
         ledger's claim makes a second handling of one that was recorded harmless."""
         idle_ms = int(self.settings.stale_entry_s * 1000)
         reply = await self.redis.xautoclaim(
-            self.stream, self.group, self.consumer, idle_ms, "0-0", count=self.batch
+            stream, self.group, self.consumer, idle_ms, "0-0", count=self.batch
         )
         entries = [(i, f) for i, f in (reply[1] if len(reply) > 1 else []) if f]
         gone = [i for i, f in (reply[1] if len(reply) > 1 else []) if not f]
         if gone:  # deleted from the stream: nothing left to handle
-            await self.redis.xack(self.stream, self.group, *gone)
-        await self.handle_batch(entries, reread=True)
+            await self.redis.xack(stream, self.group, *gone)
+        await self.handle_batch(stream, entries, reread=True)
 
     async def handle_batch(
-        self, entries: list[tuple[bytes, dict[bytes, bytes]]], *, reread: bool = False
+        self,
+        stream: str,
+        entries: list[tuple[bytes, dict[bytes, bytes]]],
+        *,
+        reread: bool = False,
     ) -> None:
         """Handle entries in order; acknowledge and delete the handled ones together.
         ``reread`` entries were delivered before: each is counted while it is handled, so
@@ -165,8 +174,8 @@ class JsonDoor:
         finally:
             if done:
                 pipe = self.redis.pipeline(transaction=False)
-                pipe.xack(self.stream, self.group, *done)
-                pipe.xdel(self.stream, *done)
+                pipe.xack(stream, self.group, *done)
+                pipe.xdel(stream, *done)
                 await pipe.execute()
 
     async def _handle_one(self, entry_id: bytes, fields: dict[bytes, bytes], reread: bool) -> bool:
@@ -194,6 +203,11 @@ class JsonDoor:
     async def _dispatch(self, entry_id: str, fields: dict[bytes, bytes]) -> bool:
         parsed = self.admission.from_entry(entry_id, fields)
         if isinstance(parsed, Refusal):
+            if parsed.reason == "unknown_route" and await self._served_elsewhere(parsed.route):
+                # Another live worker serves that route: hand the entry to it.
+                handed: dict[Any, Any] = dict(fields)
+                await self.redis.xadd(self.keys.route_stream(parsed.route), handed)
+                return True
             await self._refuse(parsed)
         elif isinstance(parsed, CancelMessage):
             state = await self.ledger.request_cancel(parsed.id)
@@ -202,6 +216,13 @@ class JsonDoor:
             if await self._accept(parsed) is Admitted.DEFERRED:
                 return False  # unacknowledged: claimed again once stale
         return True
+
+    async def _served_elsewhere(self, route: str) -> bool:
+        """Whether a live worker serves ``route`` (workers say so with their lease)."""
+        if not route or not self.settings.route_handoff:
+            return False
+        seen = await self.redis.hget(self.keys.serving, route)
+        return seen is not None and time.time() - float(seen) < self.settings.lease_ttl_s
 
     async def _poisoned(self, entry_id: str, fields: dict[bytes, bytes], why: str) -> None:
         payload = (fields.get(b"payload") or b"").decode("utf-8", "replace")
@@ -213,10 +234,17 @@ class JsonDoor:
         )
 
 
-def _entries(replies: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """The entries of an XREADGROUP reply for one stream (RESP2 list or RESP3 dict)."""
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def _entries(replies: Any) -> list[tuple[str, Entries]]:
+    """An XREADGROUP reply as ``(stream, entries)`` pairs (RESP2 list or RESP3 dict)."""
     if not replies:
         return []
     if isinstance(replies, dict):
-        return list(next(iter(replies.values()))[0])
-    return list(replies[0][1])
+        return [(_name(k), list(v[0])) for k, v in replies.items()]
+    return [(_name(k), list(v)) for k, v in replies]
+
+
+def _name(stream: Any) -> str:
+    return stream.decode() if isinstance(stream, bytes) else str(stream)

@@ -143,6 +143,12 @@ class Runtime:
             return cls._current
 
     @classmethod
+    def current(cls) -> Runtime | None:
+        """This process' runtime, if it started one (never starts one)."""
+        with cls._lock:
+            return cls._current
+
+    @classmethod
     def shutdown(cls) -> None:
         with cls._lock:
             current, cls._current = cls._current, None

@@ -106,7 +106,8 @@ class BridgeService:
             {name: r.plain for name, r in routes.items()},
             {name: r.config.health_interval_s or 0.0 for name, r in routes.items()},
         )  # fmt: skip
-        self.leases = Leases(self.redis, keys, self.owner, ttl_s=settings.lease_ttl_s)
+        self.leases = Leases(self.redis, keys, self.owner, ttl_s=settings.lease_ttl_s,
+                             routes=list(settings.routes))  # fmt: skip
         self.recovery = Recovery(
             self.leases, self.tracker, list(settings.routes),
             every_s=min(settings.lease_ttl_s / 3, settings.recovery_interval_s),

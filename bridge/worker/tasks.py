@@ -125,3 +125,22 @@ def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None
     except redis.RedisError:
         log.exception("revoke could not reach the bridge's Redis; the job may go on")
     return reply
+
+
+# -- health: is this worker's bridge serving? --------------------------------------------
+
+
+@control.inspect_command(name="bridge_health")
+def bridge_health(state: Any, **_: Any) -> dict[str, Any]:
+    """The bridge's own view of this worker (``bridge ping worker`` asks it): its loop
+    answers, its lease is fresh, its door and listener run, Redis answers. Celery's own
+    ping only proves the consumer thread is alive."""
+    runtime = Runtime.current()
+    if runtime is None:  # prefork: each child runs its own bridge; the parent has none
+        return {"ok": True, "problems": [], "note": "prefork: checked in the children"}
+    try:
+        health = runtime.loop.call(runtime.service.health(), timeout=5)
+    except TimeoutError:
+        return {"ok": False, "problems": ["the bridge's event loop does not answer"]}
+    return {"ok": health.ok, "problems": list(health.problems),
+            "in_flight": health.in_flight, "backlog": health.backlog}  # fmt: skip
