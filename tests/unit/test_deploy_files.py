@@ -314,16 +314,18 @@ def test_dockerfile_commands_exist(dockerfile: list[tuple[str, str]]) -> None:
 
 
 def test_procfile_runs_every_process_with_existing_commands() -> None:
-    entries = dict(
-        line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()
-    )
-    assert set(entries) == BRIDGE_SERVICES
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    entries = dict(line.split(":", 1) for line in lines if line.strip() and line[0] != "#")
+    assert set(entries) == BRIDGE_SERVICES - {"emulator"}  # a development server
+    assert "exactly one `beat`" in " ".join(lines)
     for name, command in entries.items():
-        ctx = check_bridge_command(shlex.split(command))
+        ctx = check_bridge_command(shlex.split(command.replace("$PORT", "5000")))
         assert ctx.info_name == name
         config = ctx.params.get("config_path")
         if config is not None:
             assert (ROOT / config).is_file()
+    webhooks = check_bridge_command(shlex.split(entries["webhooks"].replace("$PORT", "5000")))
+    assert (webhooks.params["host"], webhooks.params["port"]) == ("0.0.0.0", 5000)
 
 
 def test_the_command_checker_refuses_what_does_not_exist() -> None:
