@@ -18,15 +18,19 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from bridge.emulator.engine import Engine, NotAllowed
-from bridge.emulator.settings import EndpointConfig, TemplateConfig
+from bridge.emulator.settings import ACCOUNT, EndpointConfig, TemplateConfig
 from bridge.emulator.state import EndpointState
 
 _ALPHABET = string.ascii_lowercase + string.digits
 RESERVED_IDS = frozenset({"serverless"})
 """Never handed out as an endpoint id: ``/v2/serverless`` is the REST admin collection."""
 
-USER_ID = "user_emulator"
+USER_ID = ACCOUNT
 """The one account every key of the emulator belongs to (``myself.id``, ``userId``)."""
+
+BOUND_TO = "boundTo"
+"""A template's stored field naming the endpoint it belongs to: REST v2 resolves a
+``templateId`` / ``image`` into a template of the endpoint's own, deleted with it."""
 
 FLASHBOOT_TYPES = ("OFF", "FLASHBOOT", "PRIORITY_FLASHBOOT")
 QUEUE = "QUEUE"
@@ -86,8 +90,8 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _check(engine: Engine, config: EndpointConfig) -> None:
-    if config.templateId not in engine.templates:
+def _check(engine: Engine, config: EndpointConfig, *, template: bool = True) -> None:
+    if template and config.templateId not in engine.templates:
         raise InvalidInput(f"template {config.templateId!r} not found")
     if config.workersMin > config.workersMax:
         raise InvalidInput(
@@ -106,15 +110,33 @@ def _validated(fields: dict[str, Any]) -> EndpointConfig:
         raise InvalidInput(describe(exc)) from None
 
 
-def create_endpoint(engine: Engine, fields: dict[str, Any]) -> EndpointState:
+def check_create(engine: Engine, fields: dict[str, Any]) -> None:
+    """Refuse, before anything is made, config fields :func:`create_endpoint` would refuse
+    (the template aside: it may not exist yet).
+
+    Raises:
+        InvalidInput: a field is missing or invalid.
+    """
+    config = _validated({"templateId": "-", **fields, "id": "checked", "version": 0})
+    _check(engine, config, template=False)
+
+
+def create_endpoint(
+    engine: Engine, fields: dict[str, Any], *, endpoint_id: str | None = None
+) -> EndpointState:
     """Create an endpoint from config fields (RunPod names); it starts serving at once.
+
+    Args:
+        engine: the emulator's engine.
+        fields: config fields, ``templateId`` included.
+        endpoint_id: its id (from :func:`new_id`); a fresh one by default.
 
     Raises:
         InvalidInput: a field is missing or invalid, or the template does not exist.
     """
     if not fields.get("templateId"):
         raise InvalidInput("templateId is required")
-    config = _validated({**fields, "id": new_id(engine.endpoints), "version": 0})
+    config = _validated({**fields, "id": endpoint_id or new_id(engine.endpoints), "version": 0})
     _check(engine, config)
     return engine.add_endpoint(config)
 
@@ -131,12 +153,30 @@ def update_endpoint(engine: Engine, endpoint_id: str, changes: dict[str, Any]) -
     if not changes:
         return state
     changes = {**changes, "version": int(stored(state.config, "version", 0)) + 1}
+    check_update(engine, endpoint_id, changes)
+    previous = engine.templates.get(state.config.templateId)
+    state = engine.update_endpoint(endpoint_id, **changes)
+    # The endpoint's own template, replaced: nothing uses it any more.
+    owned = previous is not None and stored(previous, BOUND_TO) == endpoint_id
+    if owned and previous is not None and previous.id != state.config.templateId:
+        engine.delete_template(previous.id)
+    return state
+
+
+def check_update(engine: Engine, endpoint_id: str, changes: dict[str, Any]) -> None:
+    """Refuse ``changes`` :func:`update_endpoint` would refuse, changing nothing.
+
+    Raises:
+        UnknownEndpoint: no endpoint ``endpoint_id``.
+        InvalidInput: the merged configuration would be invalid.
+    """
+    state = engine.endpoint(endpoint_id)
     _check(engine, _validated({**state.config.model_dump(), **changes}))
-    return engine.update_endpoint(endpoint_id, **changes)
 
 
 def delete_endpoint(engine: Engine, endpoint_id: str, *, require_scaled_down: bool) -> None:
-    """Delete an endpoint; its unfinished jobs end ``CANCELLED``.
+    """Delete an endpoint, and the template bound to it if it has one (REST v2: "deletes
+    a serverless endpoint and its bound template"); its unfinished jobs end ``CANCELLED``.
 
     Args:
         engine: the emulator's engine.
@@ -155,6 +195,9 @@ def delete_endpoint(engine: Engine, endpoint_id: str, *, require_scaled_down: bo
             f"workersMax={config.workersMax}: set both to 0 before deleting it"
         )
     engine.delete_endpoint(endpoint_id)
+    template = engine.templates.get(config.templateId)
+    if template is not None and stored(template, BOUND_TO) == endpoint_id:
+        engine.delete_template(template.id)
 
 
 def save_template(engine: Engine, fields: dict[str, Any]) -> TemplateConfig:

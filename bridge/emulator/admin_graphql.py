@@ -1,8 +1,10 @@
 """RunPod's GraphQL admin API at ``/graphql``, parsed and executed by graphql-core.
 
 Serves what runpod 1.12 and runpodctl send: ``saveEndpoint`` (create; update when
-``id`` is given), ``myself { endpoints }``, ``updateEndpointTemplate``,
-``deleteEndpoint`` and ``saveTemplate``, with values inline (as the SDK splices them into
+``id`` is given), ``myself`` (``id``, ``email``, ``pubKey``, ``endpoints``,
+``podTemplates``, ``networkVolumes``, ``serverlessDiscount``), ``updateEndpointTemplate``,
+``deleteEndpoint`` and ``saveTemplate`` (with ``startJupyter``, ``startScript``,
+``advancedStart``), with values inline (as the SDK splices them into
 the document) or as variables. Requests are JSON ``{"query", "variables"?,
 "operationName"?}`` by POST; GET with ``?query=`` serves queries only. GraphQL errors
 come back with HTTP 200 as ``{"errors": [{"message": …}], "data": …}``; a body that is
@@ -52,10 +54,17 @@ type PodTemplate {
   id: String! name: String imageName: String dockerArgs: String isServerless: Boolean
   containerDiskInGb: Int volumeInGb: Int volumeMountPath: String ports: String
   env: [EnvironmentVariable] containerRegistryAuthId: String startSsh: Boolean
+  startJupyter: Boolean startScript: String advancedStart: Boolean
   isPublic: Boolean readme: String
 }
 
-type User { id: String! endpoints: [Endpoint!]! }
+type ServerlessDiscount { userId: String type: String discountFactor: Float expirationDate: String }
+
+type User {
+  id: String! email: String pubKey: String
+  endpoints: [Endpoint!]! podTemplates: [PodTemplate!]! networkVolumes: [NetworkVolume!]!
+  serverlessDiscount: ServerlessDiscount
+}
 
 input EndpointInput {
   id: String name: String type: String templateId: String env: [EnvironmentVariableInput!]
@@ -71,6 +80,7 @@ input SaveTemplateInput {
   id: String name: String! imageName: String! dockerArgs: String isServerless: Boolean
   containerDiskInGb: Int volumeInGb: Int volumeMountPath: String ports: String
   env: [EnvironmentVariableInput!] containerRegistryAuthId: String startSsh: Boolean
+  startJupyter: Boolean startScript: String advancedStart: Boolean
   isPublic: Boolean readme: String
 }
 
@@ -138,7 +148,9 @@ def endpoint_view(engine: Engine, state: EndpointState) -> dict[str, Any]:
 
 
 def _template_view(template: TemplateConfig) -> dict[str, Any]:
-    return {**template.model_dump(), "env": _env_list(admin.stored(template, "env"))}
+    defaults = {"startSsh": True, "startJupyter": False, "startScript": "", "advancedStart": False}
+    view = {**defaults, **template.model_dump()}
+    return {**view, "env": _env_list(admin.stored(template, "env"))}
 
 
 def _endpoint_fields(given: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +173,12 @@ def _myself(_root: None, info: GraphQLResolveInfo[Engine]) -> dict[str, Any]:
     engine = info.context
     return {
         "id": admin.USER_ID,
+        "email": None,
+        "pubKey": None,
         "endpoints": [endpoint_view(engine, s) for s in engine.endpoints.values()],
+        "podTemplates": [_template_view(t) for t in engine.templates.values()],
+        "networkVolumes": [],
+        "serverlessDiscount": None,  # the emulated account has none
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,16 +22,15 @@ from bridge.emulator.engine import Conflict, Engine, UnknownEndpoint, UnknownJob
 from bridge.emulator.faults import UNHARMED, Fate, fail_op_message
 from bridge.emulator.http import (
     ENGINE,
-    KEY_ID,
     SETTINGS,
     ApiError,
     error_response,
     ok,
     read_json,
 )
-from bridge.emulator.limits import RateLimiter
+from bridge.emulator.limits import ConcurrencyLimiter, RateLimiter
 from bridge.emulator.security import KEYRING, KeyRing, check_host, require_key
-from bridge.emulator.settings import EmulatorSettings, FaultConfig
+from bridge.emulator.settings import ACCOUNT, EmulatorSettings, FaultConfig
 from bridge.emulator.webhooks import WebhookSender
 from bridge.emulator.workers import Fleet
 
@@ -38,6 +38,7 @@ log = logging.getLogger("bridge.emulator")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
+IN_FLIGHT: web.AppKey[ConcurrencyLimiter] = web.AppKey("in_flight", ConcurrencyLimiter)
 
 
 @web.middleware
@@ -69,7 +70,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 @web.middleware
 async def queue_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Counters, fault injection and rate limits for the queue API's routes."""
+    """Counters, fault injection, rate limits and concurrency caps for the queue API's
+    routes. Limits are per user per endpoint, as RunPod's: every key of the emulator
+    belongs to its one account, so they all share them."""
     route = request.match_info.route.name or ""
     if not route.startswith("q:"):
         return await handler(request)
@@ -88,7 +91,7 @@ async def queue_guard(request: web.Request, handler: Handler) -> web.StreamRespo
         return _injected(request, fate, state.id, operation)
     settings = request.app[SETTINGS]
     if settings.rate_limits_enabled:
-        wait = request.app[LIMITER].check(request[KEY_ID], state.id, operation)
+        wait = request.app[LIMITER].check(ACCOUNT, state.id, operation)
         if wait is not None:
             counters.responses_429 += 1
             return error_response(
@@ -97,7 +100,22 @@ async def queue_guard(request: web.Request, handler: Handler) -> web.StreamRespo
                 f"({settings.rate_limits[operation]} per {settings.rate_window_s:g} s)",
                 {"Retry-After": str(wait)},
             )
-    response = await handler(request)
+    slot = None
+    if settings.concurrency_limits_enabled:
+        slot = request.app[IN_FLIGHT].acquire(ACCOUNT, state.id, operation)
+        if slot is None:
+            counters.responses_429 += 1
+            return error_response(
+                429,
+                f"too many concurrent {operation} requests on endpoint {state.id!r} "
+                f"(at most {settings.concurrency_limits[operation]} at once)",
+                {"Retry-After": "1"},
+            )
+    try:
+        response = await handler(request)
+    finally:
+        if slot is not None:
+            request.app[IN_FLIGHT].release(slot)
     if fate.drop_after:
         counters.count_fault("dropped_after")
         return _drop(request)
@@ -142,6 +160,23 @@ async def jobs(request: web.Request) -> web.Response:
     state = engine.endpoint(request.match_info["endpoint_id"])
     now = engine.now()
     return ok({"jobs": [job.to_status(now) for job in state.jobs.values()]})
+
+
+async def workers(request: web.Request) -> web.Response:
+    """``GET /_emulator/workers/{endpoint}``: each worker's state, and why it is unhealthy."""
+    state = request.app[ENGINE].endpoint(request.match_info["endpoint_id"])
+    listed = [
+        {
+            "id": w.id,
+            "state": w.state,
+            "external": w.external,
+            "jobs": sorted(w.jobs),
+            "crashes": w.crashes,
+            "error": w.error,
+        }
+        for w in state.workers.values()
+    ]
+    return ok({"workers": listed, "throttled": state.throttled})
 
 
 async def set_faults(request: web.Request) -> web.Response:
@@ -192,13 +227,14 @@ def create_app(settings: EmulatorSettings | None = None, **kwargs: Any) -> web.A
     settings = settings or EmulatorSettings.load()
     app = web.Application(
         middlewares=[json_errors, check_host, require_key, queue_guard],
-        client_max_size=settings.runsync_max_bytes + 64 * 1024,
+        client_max_size=max(settings.runsync_max_bytes, settings.result_max_bytes) + 64 * 1024,
     )
     engine = Engine(settings, **kwargs)
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[KEYRING] = KeyRing(settings.accepted_keys())
     app[LIMITER] = RateLimiter(settings.rate_limits, settings.rate_window_s, engine.now)
+    app[IN_FLIGHT] = ConcurrencyLimiter(settings.concurrency_limits)
     fleet = Fleet(engine)
     webhooks = WebhookSender(engine)
 
@@ -217,14 +253,27 @@ def create_app(settings: EmulatorSettings | None = None, **kwargs: Any) -> web.A
     app.router.add_get("/_emulator/stats", stats)
     app.router.add_get("/_emulator/stats/{endpoint_id}", stats)
     app.router.add_get("/_emulator/jobs/{endpoint_id}", jobs)
+    app.router.add_get("/_emulator/workers/{endpoint_id}", workers)
     app.router.add_put("/_emulator/faults/{endpoint_id}", set_faults)
     app.router.add_post("/_emulator/faults/{endpoint_id}", set_faults)
     app.router.add_post("/_emulator/keys/revoke", revoke_key)
     return app
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start listening; returns the runner and the bound port (useful with port 0)."""
+def tls_context(settings: EmulatorSettings) -> ssl.SSLContext | None:
+    """The server's TLS context when a certificate is configured (https), else None."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
+async def start_site(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """Start listening (TLS with ``ssl_context``); returns the runner and the bound port
+    (useful with port 0)."""
     # Cancel a handler whose client went away (long-polls of dead workers), and do not
     # wait a minute for open long-polls when shutting down.
     runner = web.AppRunner(
@@ -235,7 +284,7 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
         shutdown_timeout=2.0,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     await site.start()
     server = site._server  # aiohttp exposes the bound sockets only here
     sockets = getattr(server, "sockets", None) or []
@@ -246,7 +295,8 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
 async def serve(settings: EmulatorSettings, ready: Callable[[int], None] | None = None) -> None:
     """Run the emulator until cancelled."""
     settings.check_bind()
-    runner, port = await start_site(create_app(settings), settings.host, settings.port)
+    app = create_app(settings)
+    runner, port = await start_site(app, settings.host, settings.port, tls_context(settings))
     if ready is not None:
         ready(port)
     try:

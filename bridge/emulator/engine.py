@@ -1,7 +1,14 @@
 """The queue engine: jobs through their states, retention, TTL, cancel, purge, retry.
 
 Everything here runs on the server's event loop; nothing blocks it. Workers (simulated
-or external) take jobs with :meth:`Engine.take` and report with :meth:`Engine.finish`.
+or external) take jobs with :meth:`Engine.take` and report with :meth:`Engine.report`
+(judged by the platform's rules in :mod:`bridge.emulator.results`).
+
+A job is deleted (``/status`` 404) when its TTL ends, whatever its state (``policy.ttl``,
+else ``default_ttl_ms``, counted from submission; ``/status?ttl=`` sets it anew from that
+request), or when its result's retention ends after it reached a final state, whichever
+comes first: retention never outlives the TTL. A job whose worker stops answering goes
+back to the queue (``retries`` + 1), as RunPod retries it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bridge.emulator import results
 from bridge.emulator.faults import FaultDice, seed_for
 from bridge.emulator.settings import (
     EXTERNAL,
@@ -139,6 +147,12 @@ class Engine:
         self.templates[template.id] = template
         return template
 
+    def delete_template(self, template_id: str) -> None:
+        """Forget a template no endpoint uses any more."""
+        if any(s.config.templateId == template_id for s in self.endpoints.values()):
+            raise Conflict(f"template {template_id!r} is still used by an endpoint")
+        self.templates.pop(template_id, None)
+
     def runs(self, image_name: str) -> bool:
         """True when templates may name ``image_name``: an allowed handler or external."""
         return image_name == EXTERNAL or image_name in self.handlers
@@ -180,8 +194,9 @@ class Engine:
         state.jobs[job.id] = job
         state.enqueue(job, now)
         state.counters.submissions += 1
-        if job.policy.ttl_ms is not None:
-            self._schedule(job, job.policy.ttl_ms / 1000, lambda: self._delete(state, job))
+        ttl_ms = job.policy.ttl_ms or self.settings.default_ttl_ms
+        job.expires_at = now + ttl_ms / 1000
+        self._schedule_deletion(state, job)
         self.changed(state)
         return job
 
@@ -219,29 +234,40 @@ class Engine:
             job.notify()
 
     def add_chunk(self, state: EndpointState, job: Job, chunk: Any) -> None:
+        """A streamed chunk; one over ``stream_chunk_max_bytes`` is split, as RunPod does."""
         if job.status == IN_PROGRESS:
-            job.chunks.append(chunk)
+            pieces = results.split_chunk(chunk, self.settings.stream_chunk_max_bytes)
+            if len(pieces) > 1:
+                state.counters.chunks_split += 1
+            job.chunks.extend(pieces)
             job.notify()
 
-    def finish(
-        self,
-        state: EndpointState,
-        job: Job,
-        *,
-        output: Any = None,
-        has_output: bool = False,
-        error: str | None = None,
-    ) -> None:
-        """A worker reports the job's end: FAILED when there is an error, else COMPLETED.
-        A report for a job that is no longer running is ignored."""
+    def report(self, state: EndpointState, job: Job, body: Any, size: int) -> results.Verdict:
+        """A worker's job-done ``body`` (``size`` bytes): a progress update, or the job's
+        end as the platform judges it. A report for a job no longer running is ignored."""
+        verdict = results.judge(body, size, self.settings.result_max_bytes)
+        if verdict.refused is not None:
+            state.counters.results_refused += 1
+            log.warning("job %s: worker's report refused: %s", job.id, verdict.refused)
+        if verdict.status == results.PROGRESS:
+            if verdict.refused is None:
+                self.progress(state, job, verdict.output)
+            return verdict
         if job.status != IN_PROGRESS:
-            return
-        if has_output:
-            job.output = output
+            return verdict
+        if verdict.has_output:
+            job.output = verdict.output
         else:
             job.clear_output()
-        status = FAILED if error is not None else COMPLETED
-        self._end(state, job, status, error=error, reported=True)
+        status = FAILED if verdict.status == results.FAILED else COMPLETED
+        self._end(state, job, status, error=verdict.error, reported=True)
+        return verdict
+
+    def set_ttl(self, state: EndpointState, job: Job, ttl_ms: int) -> None:
+        """``/status?ttl=``: the job is deleted ``ttl_ms`` from now (a final job's result
+        never outlives its retention)."""
+        job.expires_at = self.now() + ttl_ms / 1000
+        self._schedule_deletion(state, job)
 
     def cancel(self, endpoint_id: str, job_id: str) -> Job:
         """Cancel: a queued job never runs; a running one is stopped. A final job is left
@@ -258,7 +284,7 @@ class Engine:
             raise Conflict(
                 f"job {job_id!r} is {job.status}; only FAILED or TIMED_OUT jobs can be retried"
             )
-        self._cancel_timers(job)
+        self._cancel_timeout(job)
         job.retries += 1
         job.error = None
         job.clear_output()
@@ -269,9 +295,7 @@ class Engine:
         state.retried += 1
         state.counters.retries += 1
         state.enqueue(job, self.now())
-        if job.policy.ttl_ms is not None:
-            remaining = job.created_at + job.policy.ttl_ms / 1000 - self.now()
-            self._schedule(job, max(remaining, 0), lambda: self._delete(state, job))
+        self._schedule_deletion(state, job)  # the TTL again: a retry does not renew it
         job.notify()
         self.changed(state)
         return job
@@ -306,7 +330,7 @@ class Engine:
         (otherwise a running job's worker is told to stop it)."""
         was_running = job.status == IN_PROGRESS
         state.queue.pop(job.id, None)
-        self._cancel_timers(job)
+        self._cancel_timeout(job)
         now = self.now()
         job.status = status
         job.finished_at = now if job.started_at is not None else None
@@ -318,8 +342,7 @@ class Engine:
             state.failed += 1
         if was_running:
             self._release(state, job, stop=not reported)
-        retention = self.settings.runsync_retention_s if job.sync else self.settings.run_retention_s
-        self._schedule(job, retention, lambda: self._delete(state, job))
+        self._schedule_deletion(state, job)
         job.notify()
         for callback in self.on_final:
             callback(state, job)
@@ -352,18 +375,62 @@ class Engine:
         loop = asyncio.get_running_loop()
         job.timers.append(loop.call_later(delay, callback))
 
+    def _schedule_deletion(self, state: EndpointState, job: Job) -> None:
+        """(Re)arm the job's one deletion timer: at its TTL, or at the end of its result's
+        retention once it is final, whichever comes first."""
+        when = job.expires_at
+        if job.final:
+            settings = self.settings
+            retention = settings.runsync_retention_s if job.sync else settings.run_retention_s
+            when = min(when, self.now() + retention)
+        if job.deletion is not None:
+            job.deletion.cancel()
+        delay = max(when - self.now(), 0.0)
+        job.deletion = asyncio.get_running_loop().call_later(
+            delay, lambda: self._delete(state, job)
+        )
+
     @staticmethod
-    def _cancel_timers(job: Job) -> None:
+    def _cancel_timeout(job: Job) -> None:
         for timer in job.timers:
             timer.cancel()
         job.timers.clear()
 
+    @classmethod
+    def _cancel_timers(cls, job: Job) -> None:
+        cls._cancel_timeout(job)
+        if job.deletion is not None:
+            job.deletion.cancel()
+            job.deletion = None
+
     def worker_lost(self, state: EndpointState, worker: Worker) -> None:
-        """A worker stopped answering: its running jobs fail (they are not requeued, as a
-        crashed worker may have had side effects)."""
+        """A worker stopped answering. Its running jobs go back to the queue with one
+        more retry, as RunPod retries a job whose worker died; with
+        ``requeue_on_worker_loss`` off they end FAILED instead."""
+        state.workers.pop(worker.id, None)
         for job_id in list(worker.jobs):
             job = state.jobs.get(job_id)
-            if job is not None and job.status == IN_PROGRESS:
+            if job is None or job.status != IN_PROGRESS:
+                continue
+            if self.settings.requeue_on_worker_loss:
+                self._requeue(state, job)
+            else:
                 self._end(state, job, FAILED, error=f"worker {worker.id} stopped responding")
-        state.workers.pop(worker.id, None)
+        worker.jobs.clear()
         self.changed(state)
+
+    def _requeue(self, state: EndpointState, job: Job) -> None:
+        """Put a running job back at the head of the queue (its worker is gone)."""
+        self._cancel_timeout(job)
+        task, job.task = job.task, None
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+        job.retries += 1
+        job.clear_output()
+        job.started_at = None
+        job.worker_id = None
+        state.retried += 1
+        state.counters.requeued += 1
+        state.enqueue(job, self.now())
+        state.queue.move_to_end(job.id, last=False)
+        job.notify()

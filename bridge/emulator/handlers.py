@@ -1,9 +1,25 @@
-"""Handlers: the built-in ones, loading the allowed ones, and running any of them.
+"""Handlers: the built-in ones, loading the allowed ones, and running any of them the way
+runpod-python 1.12's worker does.
 
 A handler follows RunPod's worker contract: ``handler(job)`` receives
-``{"id": ..., "input": ...}``; its return value is the output; a returned
-``{"error": "..."}`` or a raised exception fails the job; a (sync or async) generator
-streams its yields. Sync handlers run in a thread so they never block the event loop.
+``{"id": ..., "input": ...}``; a (sync or async) generator streams its yields. What it
+returns or raises becomes the body the worker SDK POSTs to job-done (``rp_job.py``
+``run_job`` / ``handle_job``), built here exactly as the SDK builds it and judged by the
+platform's rules in :mod:`bridge.emulator.results`:
+
+- a dict: its ``error`` and ``refresh_worker`` keys are taken out; the rest (``{}`` means
+  none) is the output; a truthy ``error`` is sent as the error (the job FAILS, keeping that
+  output); a truthy ``refresh_worker`` asks for a fresh worker (``stopPod``);
+- anything else (``None`` included) is the output as it is;
+- an exception: ``error`` is a JSON document (type, message, traceback, hostname, worker);
+- a generator: each yield is a chunk; a yielded dict with a truthy ``error`` stops it and
+  fails the job with ``str(error)``; an exception fails it with the plain string
+  ``"handler: <message> \ntraceback: <traceback>"``; otherwise the output is the list of
+  yields with ``return_aggregate_stream``, else ``[]``.
+
+Sync handlers run in a thread so they never block the event loop. Unlike the SDK (which
+catches ``Exception`` only), ``SystemExit`` and ``KeyboardInterrupt`` fail the job too: a
+handler must never stop the server.
 """
 
 from __future__ import annotations
@@ -104,14 +120,12 @@ def load_handler(name: str, allowed: Mapping[str, str] = BUILTIN_HANDLERS) -> Ha
 # -- running -------------------------------------------------------------------------
 
 
-@dataclass
-class Outcome:
-    """What a handler run produced: output and/or error (an error means FAILED)."""
+@dataclass(frozen=True)
+class JobDone:
+    """What the worker SDK POSTs to job-done for one job (``is_stream``: a generator)."""
 
-    output: Any = None
-    error: str | None = None
-    has_output: bool = False
-    streamed: bool = False
+    body: dict[str, Any]
+    is_stream: bool = False
 
 
 async def run_handler(
@@ -121,13 +135,13 @@ async def run_handler(
     on_chunk: Callable[[Any], None],
     on_progress: Callable[[Any], None],
     worker_id: str,
-) -> Outcome:
-    """Run ``handler`` on ``job``; chunks of a generator go to ``on_chunk`` as they come.
+    aggregate: bool = False,
+) -> JobDone:
+    """Run ``handler`` on ``job`` as runpod-python's worker does; chunks of a generator go
+    to ``on_chunk`` as they come; ``aggregate`` is ``return_aggregate_stream``.
 
-    Returns the outcome; exceptions from the handler, ``SystemExit`` and
-    ``KeyboardInterrupt`` included, become a FAILED outcome whose error is the JSON string
-    RunPod's worker sends: a handler can fail its job, never stop the server.
-    Cancellation propagates.
+    Returns the job-done body; an exception (``SystemExit`` and ``KeyboardInterrupt``
+    included) becomes the SDK's error body. Cancellation propagates.
     """
     loop = asyncio.get_running_loop()
 
@@ -136,62 +150,78 @@ async def run_handler(
 
     token = _progress.set(report)
     try:
-        if inspect.isasyncgenfunction(handler):
-            return await _drain_async(handler(job), on_chunk)
-        if inspect.isgeneratorfunction(handler):
-            return await _drain_sync(handler(job), on_chunk)
-        if inspect.iscoroutinefunction(handler):
-            result = await handler(job)
-        else:
-            result = await asyncio.to_thread(contextvars.copy_context().run, handler, job)
-            if inspect.isawaitable(result):
-                result = await _await(result)
-        return _from_return(result)
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:  # SystemExit from a handler must not end the server
-        return Outcome(error=_error_json(exc, worker_id))
+        if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
+            return JobDone(await _stream(handler, job, on_chunk, aggregate), is_stream=True)
+        try:
+            if inspect.iscoroutinefunction(handler):
+                result = await handler(job)
+            else:
+                result = await asyncio.to_thread(contextvars.copy_context().run, handler, job)
+                if inspect.isawaitable(result):
+                    result = await _await(result)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # SystemExit from a handler must not end the server
+            return JobDone({"error": _error_json(exc, worker_id)})
+        return JobDone(job_result(result))
     finally:
         _progress.reset(token)
+
+
+def job_result(value: Any) -> dict[str, Any]:
+    """The job-done body for a handler's return value (``rp_job.run_job``)."""
+    if isinstance(value, dict):
+        rest = dict(value)
+        error = rest.pop("error", None)
+        refresh = rest.pop("refresh_worker", None)
+        body: dict[str, Any] = {"output": rest}
+        if error:
+            body["error"] = error
+        if refresh:
+            body["stopPod"] = True
+    else:
+        body = {"output": value}
+    if body.get("output") == {}:
+        del body["output"]
+    return body
 
 
 async def _await(value: Awaitable[Any]) -> Any:
     return await value
 
 
-async def _drain_async(gen: AsyncIterator[Any], on_chunk: Callable[[Any], None]) -> Outcome:
-    async for chunk in gen:
-        if _is_error_chunk(chunk):
-            return Outcome(error=str(chunk["error"]), streamed=True)
-        on_chunk(chunk)
-    return Outcome(streamed=True)
+async def _stream(
+    handler: Handler, job: dict[str, Any], on_chunk: Callable[[Any], None], aggregate: bool
+) -> dict[str, Any]:
+    """Drain a generator handler as ``rp_job.handle_job`` does; return the job-done body."""
+    yields: list[Any] = []
+    try:
+        async for chunk in _chunks(handler, job):
+            if isinstance(chunk, dict) and chunk.get("error"):
+                return {"error": str(chunk["error"])}
+            if aggregate:
+                yields.append(chunk)
+            on_chunk(chunk)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # as the SDK's run_job_generator: one plain string
+        trace = "".join(traceback.format_exception(exc))
+        return {"error": f"handler: {exc} \ntraceback: {trace}"}
+    return {"output": yields}
 
 
-async def _drain_sync(gen: Iterator[Any], on_chunk: Callable[[Any], None]) -> Outcome:
+async def _chunks(handler: Handler, job: dict[str, Any]) -> AsyncIterator[Any]:
+    if inspect.isasyncgenfunction(handler):
+        async for chunk in handler(job):
+            yield chunk
+        return
+    gen: Iterator[Any] = handler(job)
     done: Any = object()
     while True:
         chunk = await asyncio.to_thread(next, gen, done)
         if chunk is done:
-            return Outcome(streamed=True)
-        if _is_error_chunk(chunk):
-            return Outcome(error=str(chunk["error"]), streamed=True)
-        on_chunk(chunk)
-
-
-def _is_error_chunk(chunk: Any) -> bool:
-    return isinstance(chunk, dict) and bool(chunk.get("error"))
-
-
-def _from_return(result: Any) -> Outcome:
-    if isinstance(result, dict) and "error" in result:
-        extra = {k: v for k, v in result.items() if k not in ("error", "refresh_worker")}
-        output = extra.get("output", extra or None)
-        return Outcome(output=output, error=str(result["error"]), has_output=output is not None)
-    if isinstance(result, dict) and result.get("refresh_worker") is not None:
-        result = {k: v for k, v in result.items() if k != "refresh_worker"}
-    if result is None or result == {}:
-        return Outcome()
-    return Outcome(output=result, has_output=True)
+            return
+        yield chunk
 
 
 def _error_json(exc: BaseException, worker_id: str) -> str:

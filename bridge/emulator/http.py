@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +31,28 @@ def error_response(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+REST_ADMIN = "/v2/serverless"
+"""Where REST v2's admin API lives; its errors are problem documents."""
+
+
+def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    """An RFC 9457 problem document, as REST v2 answers errors."""
+    body = {"title": HTTPStatus(status).phrase, "status": status, "detail": detail}
+    return web.json_response(
+        body, status=status, content_type="application/problem+json", headers=headers
+    )
+
+
+def refusal(
+    request: web.Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """An error in the form the route's API uses: a problem document under REST v2's
+    admin paths, ``{"error": message}`` elsewhere."""
+    if request.path == REST_ADMIN or request.path.startswith(REST_ADMIN + "/"):
+        return problem(status, message, headers)
+    return error_response(status, message, headers)
 
 
 def _dumps(value: Any) -> str:
@@ -68,6 +91,20 @@ async def read_json(
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+async def read_bounded(request: web.Request, max_bytes: int) -> bytes | None:
+    """The raw body, or None when it is longer than ``max_bytes`` (then not read whole:
+    a declared length says so at once, a chunked body is read only up to the limit)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        return None
+    raw = await request.content.read(max_bytes + 1)
+    while len(raw) <= max_bytes and not request.content.at_eof():
+        more = await request.content.read(max_bytes + 1 - len(raw))
+        if not more:
+            break
+        raw += more
+    return None if len(raw) > max_bytes else raw
 
 
 def is_json(mimetype: str) -> bool:

@@ -12,12 +12,25 @@ from aiohttp import web
 
 from bridge.emulator.engine import Conflict
 from bridge.emulator.http import ENGINE, SETTINGS, ApiError, ok, read_json, wait_ms
+from bridge.emulator.settings import MAX_POLICY_MS, EmulatorSettings
 from bridge.emulator.state import Policy
 
-_MAX_POLICY_MS = 7 * 24 * 3600 * 1000
+
+def _millis(name: str, value: Any, low: int) -> int:
+    """A policy duration in milliseconds, within [low, 7 days] (400 otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ApiError(400, f"{name} must be a positive integer (milliseconds)")
+    if value < low:
+        raise ApiError(400, f"{name} must be at least {low} ms")
+    if value > MAX_POLICY_MS:
+        raise ApiError(400, f"{name} must be at most 7 days ({MAX_POLICY_MS} ms)")
+    return value
 
 
-def _policy(raw: Any) -> Policy:
+def _policy(raw: Any, settings: EmulatorSettings) -> Policy:
+    """``policy``, bounded as RunPod bounds it (``ttl`` from 10 s, ``executionTimeout``
+    from 5 s, both to 7 days) in the runpod profile; the fast one takes any positive
+    value up to 7 days, so tests can use short ones."""
     if raw is None:
         return Policy()
     if not isinstance(raw, dict):
@@ -25,16 +38,11 @@ def _policy(raw: Any) -> Policy:
     unknown = set(raw) - {"executionTimeout", "lowPriority", "ttl"}
     if unknown:
         raise ApiError(400, f"unknown policy field(s): {', '.join(sorted(unknown))}")
+    lows = {"ttl": settings.min_ttl_ms, "executionTimeout": settings.min_execution_timeout_ms}
 
     def millis(name: str) -> int | None:
         value = raw.get(name)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ApiError(400, f"policy.{name} must be a positive integer (milliseconds)")
-        if value > _MAX_POLICY_MS:
-            raise ApiError(400, f"policy.{name} must be at most 7 days ({_MAX_POLICY_MS} ms)")
-        return value
+        return None if value is None else _millis(f"policy.{name}", value, lows[name])
 
     low = raw.get("lowPriority", False)
     if not isinstance(low, bool):
@@ -69,7 +77,7 @@ async def _submit(request: web.Request, *, sync: bool) -> Any:
         endpoint_id,
         body["input"],
         sync=sync,
-        policy=_policy(body.get("policy")),
+        policy=_policy(body.get("policy"), settings),
         webhook=webhook,
         s3_config=s3,
     )
@@ -94,8 +102,17 @@ async def runsync(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
+    """The job; ``?ttl=<ms>`` also sets its TTL anew, counted from now (RunPod's tip:
+    "sets the TTL for the job", e.g. to drop a read result sooner than its retention)."""
     engine = request.app[ENGINE]
-    _, job = engine.job(request.match_info["endpoint_id"], request.match_info["job_id"])
+    state, job = engine.job(request.match_info["endpoint_id"], request.match_info["job_id"])
+    raw = request.query.get("ttl")
+    if raw is not None:
+        try:
+            value: Any = int(raw)
+        except ValueError:
+            value = raw
+        engine.set_ttl(state, job, _millis("ttl", value, 1))
     return ok(job.to_status(engine.now()))
 
 
@@ -112,7 +129,8 @@ async def status_sync(request: web.Request) -> web.Response:
 
 async def stream(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    hold = wait_ms(request, 0) / 1000
+    # Held by default (RunPod's JS SDK polls /stream back to back, relying on the hold).
+    hold = wait_ms(request, request.app[SETTINGS].stream_default_wait_ms) / 1000
     state, job = engine.job(request.match_info["endpoint_id"], request.match_info["job_id"])
     deadline = engine.now() + hold
     while (

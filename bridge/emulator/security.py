@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
-from bridge.emulator.http import KEY_ID, SETTINGS, error_response
+from bridge.emulator.http import KEY_ID, SETTINGS, error_response, refusal
 from bridge.emulator.settings import DEV_API_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -147,9 +147,9 @@ async def require_key(request: web.Request, handler: Handler) -> web.StreamRespo
         message = "missing API key: send 'Authorization: Bearer <key>'"
         if "api_key" in request.query:
             message += " (a key in the query string is not accepted)"
-        return error_response(401, message)
+        return refusal(request, 401, message)
     key_id = request.app[KEYRING].identify(presented, loopback_caller=is_loopback(request.remote))
     if key_id is None:
-        return error_response(401, "invalid API key")
+        return refusal(request, 401, "invalid API key")
     request[KEY_ID] = key_id
     return await handler(request)

@@ -22,13 +22,17 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from bridge.configfiles import describe_errors, read_toml
 from bridge.errors import ConfigError
 
 DEV_API_KEY = "rp-emulator-dev-key"
 """The key that works with no configuration while the emulator listens on loopback only."""
+
+ACCOUNT = "user_emulator"
+"""The one account every key of the emulator belongs to: rate limits and concurrency caps
+are per user per endpoint on RunPod, so all keys share them (``myself.id``, ``userId``)."""
 
 BUILTIN_HANDLERS = {
     "echo": "bridge.emulator.handlers:echo",
@@ -49,6 +53,25 @@ DEFAULT_RATE_LIMITS: dict[str, int] = {
     "purge-queue": 2,
 }
 """RunPod's documented per-endpoint limits, requests per ``rate_window_s`` (10 s)."""
+
+DEFAULT_CONCURRENCY_LIMITS: dict[str, int] = {
+    "run": 200,
+    "runsync": 400,
+    "status": 400,
+    "status-sync": 400,
+    "stream": 400,
+    "cancel": 20,
+}
+"""RunPod's documented concurrent-request caps, per user per endpoint (send-requests
+"Rate limits and quotas"); ``status-sync`` shared its row with ``status`` in that table."""
+
+DEFAULT_ADMIN_RATE_LIMITS: dict[str, int] = {"minute": 60, "hour": 3000, "day": 50000}
+"""REST v2's per-user quotas, the values of its openapi ``RateLimit-Policy`` example."""
+
+MAX_POLICY_MS = 7 * 24 * 3600 * 1000
+"""The longest ``policy.ttl`` / ``policy.executionTimeout`` RunPod accepts: 7 days."""
+
+DAY_MS = 24 * 3600 * 1000
 
 
 QUEUE_OPERATIONS = (
@@ -153,16 +176,49 @@ def _builtin_templates() -> list[TemplateConfig]:
     return [TemplateConfig(id=n, name=n, imageName=n) for n in names]
 
 
-def _builtin_endpoints() -> list[EndpointConfig]:
-    fast = {"workersMax": 100, "scalerType": "REQUEST_COUNT", "scalerValue": 1, "idleTimeout": 30}
+def _builtin_endpoints(profile: str = "fast") -> list[EndpointConfig]:
+    # fast: a worker per job at once; runpod: RunPod's defaults for a new endpoint
+    # (workersMax 3, QUEUE_DELAY 4 s, idle 5 s, FlashBoot on; ENDPOINT_API.md §4).
+    scaling: dict[str, Any] = (
+        {"workersMax": 100, "scalerType": "REQUEST_COUNT", "scalerValue": 1, "idleTimeout": 30}
+        if profile == "fast"
+        else {}
+    )
     return [
-        EndpointConfig(id="echo", name="echo", templateId="echo", **fast),
+        EndpointConfig(id="echo", name="echo", templateId="echo", **scaling),
         EndpointConfig(
-            id="stream", name="stream", templateId="stream", returnAggregateStream=True, **fast
+            id="stream", name="stream", templateId="stream", returnAggregateStream=True, **scaling
         ),
-        EndpointConfig(id="fail", name="fail", templateId="fail", **fast),
+        EndpointConfig(id="fail", name="fail", templateId="fail", **scaling),
         EndpointConfig(id=EXTERNAL, name=EXTERNAL, templateId=EXTERNAL, workersMax=0),
     ]
+
+
+Profile = Literal["fast", "runpod"]
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "fast": {},
+    "runpod": {
+        "endpoints": lambda: _builtin_endpoints("runpod"),
+        "account_max_workers": 5,
+        "cold_start_ms": 10_000,
+        "flashboot_cold_start_ms": 2_000,
+        "min_ttl_ms": 10_000,
+        "min_execution_timeout_ms": 5_000,
+        "concurrency_limits_enabled": True,
+        "run_max_bytes": 10_000_000,
+        "runsync_max_bytes": 20_000_000,
+        "result_max_bytes": 20_000_000,
+        "stream_chunk_max_bytes": 1_000_000,
+        "admin_rate_limits": lambda: dict(DEFAULT_ADMIN_RATE_LIMITS),
+    },
+}
+"""What each profile changes from the field defaults (which are the ``fast`` profile's).
+A value given explicitly (file, environment, argument) always wins over its profile.
+``runpod`` is for a developer's last run before deploying: RunPod's account worker cap,
+cold starts of seconds, its policy lower bounds, its concurrency caps, and payload limits
+read in decimal megabytes (the stricter reading of "10 MB"). ``fast`` keeps what would
+slow a test suite lenient: no caps, 1 s cold starts, any positive policy value."""
 
 
 class EmulatorSettings(BaseSettings):
@@ -170,6 +226,11 @@ class EmulatorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BRIDGE_EMULATOR_", extra="forbid")
 
+    profile: Profile = Field(
+        "fast",
+        description="defaults to start from: fast (tests) or runpod (RunPod's limits and "
+        "timings; see docs/emulator.md); explicit settings win",
+    )
     host: str = Field("127.0.0.1", description="address to listen on (else: needs api_keys)")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on; 0: any free port")
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
@@ -203,13 +264,48 @@ class EmulatorSettings(BaseSettings):
         description="requests per window, per operation, endpoint and key (RunPod's)",
     )
     rate_window_s: float = Field(10.0, gt=0, description="the rate limits' window")
+    concurrency_limits_enabled: bool = Field(
+        False,
+        description="answer 429 past RunPod's concurrent-request caps (runpod profile: on)",
+    )
+    concurrency_limits: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_CONCURRENCY_LIMITS),
+        description="requests in flight at once, per operation and endpoint (RunPod's)",
+    )
+    admin_rate_limits: dict[str, int] = Field(
+        default_factory=lambda: {k: v * 100 for k, v in DEFAULT_ADMIN_RATE_LIMITS.items()},
+        description="REST admin requests per minute / hour / day (runpod profile: 60 / "
+        "3000 / 50000, RunPod's)",
+    )
     fault_seed: int | None = Field(
         None,
         description="seeds each endpoint's injected faults (a faults.seed wins); unset: random",
     )
 
-    run_max_bytes: int = Field(10 * 1024 * 1024, description="largest /run body (413 above)")
-    runsync_max_bytes: int = Field(20 * 1024 * 1024, description="largest /runsync body")
+    run_max_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="largest /run body (413 above; runpod: 10 MB)"
+    )
+    runsync_max_bytes: int = Field(
+        20 * 1024 * 1024, gt=0, description="largest /runsync body (runpod: 20 MB)"
+    )
+    result_max_bytes: int = Field(
+        20 * 1024 * 1024,
+        gt=0,
+        description="largest result a worker may report; above it the job ends COMPLETED "
+        "without output (runpod: 20 MB)",
+    )
+    stream_chunk_max_bytes: int = Field(
+        1024 * 1024,
+        ge=64,
+        description="largest stream chunk; a bigger one is split (runpod: 1 MB)",
+    )
+    default_ttl_ms: int = Field(
+        DAY_MS, gt=0, le=MAX_POLICY_MS, description="a job's lifetime when policy.ttl is unset"
+    )
+    min_ttl_ms: int = Field(1, gt=0, description="smallest policy.ttl accepted (runpod: 10 s)")
+    min_execution_timeout_ms: int = Field(
+        1, gt=0, description="smallest policy.executionTimeout accepted (runpod: 5 s)"
+    )
     run_retention_s: float = Field(
         1800.0, ge=0, description="how long a /run job's result is kept after it ends"
     )
@@ -218,11 +314,37 @@ class EmulatorSettings(BaseSettings):
         90_000, ge=0, description="how long /runsync holds when no ?wait= is given"
     )
     status_sync_default_wait_ms: int = Field(90_000, ge=0, description="the same for /status-sync")
+    stream_default_wait_ms: int = Field(
+        5_000,
+        ge=0,
+        description="how long /stream holds for new chunks when no ?wait= is given (below "
+        "runpod-python's 10 s read timeout)",
+    )
     max_wait_ms: int = Field(300_000, ge=0, description="the longest ?wait= honoured")
 
-    cold_start_ms: int = Field(1000, ge=0, description="a new simulated worker's start time")
-    flashboot_cold_start_ms: int = Field(0, ge=0, description="the same with FlashBoot on")
+    cold_start_ms: int = Field(
+        1000, ge=0, description="a new simulated worker's start time (runpod: 10 s)"
+    )
+    flashboot_cold_start_ms: int = Field(
+        0, ge=0, description="the same with FlashBoot on (runpod: 2 s)"
+    )
     scale_tick_s: float = Field(0.25, gt=0, description="how often the autoscaler decides")
+    account_max_workers: int | None = Field(
+        None,
+        ge=0,
+        description="simulated workers of all endpoints together; more wanted ones are "
+        "throttled (runpod: 5, a new account's cap)",
+    )
+    crash_loop_limit: int = Field(
+        3,
+        ge=1,
+        description="failed starts (handler cannot load) after which a worker is unhealthy",
+    )
+    requeue_on_worker_loss: bool = Field(
+        True,
+        description="a job whose worker stopped answering goes back IN_QUEUE (retries + 1); "
+        "off: it ends FAILED",
+    )
 
     job_take_hold_s: float = Field(30.0, ge=0, description="long-poll of job-take/job-stop")
     worker_dead_after_s: float = Field(60.0, gt=0, description="silence before a worker is dead")
@@ -237,6 +359,23 @@ class EmulatorSettings(BaseSettings):
         10.0, ge=0, description="pause between webhook deliveries"
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="timeout of one webhook delivery")
+
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate: serve https (with tls_key_file)"
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        """Fill what the chosen profile changes, for every field not given explicitly."""
+        if not isinstance(data, dict):
+            return data
+        profile = data.get("profile", "fast")
+        for name, value in PROFILES.get(str(profile), {}).items():
+            if name not in data:
+                data[name] = value() if callable(value) else value
+        return data
 
     @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
@@ -274,6 +413,15 @@ class EmulatorSettings(BaseSettings):
         return handlers
 
     @model_validator(mode="after")
+    def _tls_pair(self) -> EmulatorSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path}: no such file")
+        return self
+
+    @model_validator(mode="after")
     def _templates_name_handlers(self) -> EmulatorSettings:
         allowed = self.handler_paths()
         for template in self.templates:
@@ -294,6 +442,11 @@ class EmulatorSettings(BaseSettings):
             if template.imageName not in paths and is_import_path(template.imageName):
                 paths[template.imageName] = template.imageName
         return paths
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when a certificate is configured, else ``http``."""
+        return "https" if self.tls_cert_file is not None else "http"
 
     def accepted_keys(self) -> list[str]:
         """Keys the server accepts: the configured ones, else the development key
@@ -320,8 +473,9 @@ class EmulatorSettings(BaseSettings):
         if path is not None:
             file_values = _read_toml(Path(path))
         try:
-            from_env = cls()
-            env_values = {k: getattr(from_env, k) for k in from_env.model_fields_set}
+            # Only what the environment really sets (not what its profile would fill in),
+            # so that a file's value is not overridden by an environment profile default.
+            env_values = EnvSettingsSource(cls)()
             return cls(**{**file_values, **env_values, **overrides})
         except ValidationError as exc:
             where = f"in {path}" if path else "in the environment"

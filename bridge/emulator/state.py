@@ -59,8 +59,10 @@ class Job:
     purged: bool = False
     chunks: list[Any] = field(default_factory=list)
     cursor: int = 0
+    expires_at: float = float("inf")  # engine clock: the TTL deletes the job then
     task: asyncio.Task[Any] | None = None
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)  # execution timeout
+    deletion: asyncio.TimerHandle | None = None  # TTL or retention, whichever is first
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     @property
@@ -93,8 +95,12 @@ class Job:
         return body
 
     def webhook_payload(self, now: float) -> dict[str, Any]:
-        """What the platform POSTs to ``webhook``: the status object plus the request echo."""
-        return {**self.to_status(now), "input": self.input, "webhook": self.webhook}
+        """What the platform POSTs to ``webhook``: the status fields (not ``workerId`` nor
+        ``retries``) plus the request's ``input`` and ``webhook``, keys in the order of
+        the platform's sample (runpod-python issue #409)."""
+        body = {k: v for k, v in self.to_status(now).items() if k not in ("workerId", "retries")}
+        body |= {"input": self.input, "webhook": self.webhook}
+        return dict(sorted(body.items()))
 
     def take_chunks(self) -> list[dict[str, Any]]:
         """Chunks not yet delivered through ``/stream``; each is delivered once."""
@@ -154,6 +160,8 @@ class Worker:
     jobs: set[str] = field(default_factory=set)
     stops: dict[str, PendingStop] = field(default_factory=dict)
     last_ping: float | None = None
+    crashes: int = 0  # failed starts in a row (a handler that cannot load)
+    error: str | None = None  # why it is unhealthy
     task: asyncio.Task[None] | None = None
     _stop_waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
@@ -220,6 +228,10 @@ class Counters:
     webhooks_sent: int = 0
     webhooks_failed: int = 0
     responses_429: int = 0
+    results_refused: int = 0
+    chunks_split: int = 0
+    requeued: int = 0
+    worker_crashes: int = 0
     faults_injected: int = 0
     faults_by_kind: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     requests: dict[str, int] = field(default_factory=dict)
@@ -247,6 +259,7 @@ class EndpointState:
     completed: int = 0
     failed: int = 0
     retried: int = 0
+    throttled: int = 0  # workers wanted but held back by the account's worker cap
     counters: Counters = field(default_factory=Counters)
     created_at: float = 0.0
     dice: FaultDice | None = None  # set by the engine from config.faults
@@ -290,6 +303,7 @@ class EndpointState:
         )
         for worker in self.workers.values():
             workers[worker.state] = workers.get(worker.state, 0) + 1
+        workers["throttled"] += self.throttled
         in_progress = sum(len(w.jobs) for w in self.workers.values())
         return {
             "jobs": {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bridge.emulator.app import create_app, start_site
+from bridge.emulator.app import create_app, start_site, tls_context
 from bridge.emulator.engine import Engine
 from bridge.emulator.http import ENGINE
 from bridge.emulator.security import KEYRING, KeyRing
@@ -41,6 +42,8 @@ class EmulatorHandle:
     loop: asyncio.AbstractEventLoop
     _http: httpx.Client = field(repr=False)
     _keys: KeyRing = field(repr=False)
+    verify: ssl.SSLContext | bool = field(default=True, repr=False)
+    """What an https client must trust to reach it (its own certificate), else True."""
 
     @property
     def base_url(self) -> str:
@@ -53,6 +56,7 @@ class EmulatorHandle:
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {key or self.api_key}"},
             timeout=30,
+            verify=self.verify,
         )
 
     def set_faults(self, endpoint_id: str, **faults: Any) -> dict[str, Any]:
@@ -97,6 +101,14 @@ class EmulatorHandle:
         result: dict[str, Any] = response.json()
         return result
 
+    def workers(self, endpoint_id: str) -> list[dict[str, Any]]:
+        """The endpoint's workers: ``id``, ``state``, ``external``, ``jobs``, ``crashes``
+        and ``error`` (why it is unhealthy)."""
+        response = self._http.get(f"/_emulator/workers/{endpoint_id}")
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()["workers"]
+        return result
+
     def call(self, func: Any, *args: Any) -> Any:
         """Run ``func(*args)`` on the server's loop (to read or change engine state)."""
 
@@ -119,7 +131,9 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0, interval: float
 def running_emulator(
     settings: EmulatorSettings | None = None, **overrides: Any
 ) -> Iterator[EmulatorHandle]:
-    """Start an emulator on 127.0.0.1 and an ephemeral port; stop it on exit.
+    """Start an emulator on 127.0.0.1 and an ephemeral port; stop it on exit. With
+    ``tls_cert_file`` / ``tls_key_file`` it serves https and its handle's clients trust
+    that certificate.
 
     Args:
         settings: full settings; by default ``EmulatorSettings.load(**overrides)``.
@@ -132,14 +146,25 @@ def running_emulator(
     thread.start()
     app = create_app(settings)
     runner, port = asyncio.run_coroutine_threadsafe(
-        start_site(app, settings.host, settings.port), loop
+        start_site(app, settings.host, settings.port, tls_context(settings)), loop
     ).result(timeout=30)
-    url = f"http://{settings.host}:{port}"
+    url = f"{settings.scheme}://{settings.host}:{port}"
     key = settings.accepted_keys()[0]
-    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    verify: ssl.SSLContext | bool = True
+    if settings.tls_cert_file is not None:
+        verify = ssl.create_default_context(cafile=str(settings.tls_cert_file))
+    http = httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30, verify=verify
+    )
     try:
         yield EmulatorHandle(
-            url=url, api_key=key, engine=app[ENGINE], loop=loop, _http=http, _keys=app[KEYRING]
+            url=url,
+            api_key=key,
+            engine=app[ENGINE],
+            loop=loop,
+            _http=http,
+            _keys=app[KEYRING],
+            verify=verify,
         )
     finally:
         http.close()

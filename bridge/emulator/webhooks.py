@@ -1,10 +1,13 @@
-"""Webhook delivery: the final job object POSTed to the job's ``webhook`` URL.
+"""Webhook delivery: the final job POSTed to the job's ``webhook`` URL, as RunPod sends it.
 
-Non-2xx answers (redirects included: they are never followed) and connection errors are
-retried (``webhook_attempts`` in all, ``webhook_retry_interval_s`` apart), like the
-platform's 2 retries 10 s apart. It fires for every final state (the platform documents
-COMPLETED and FAILED; CANCELLED and TIMED_OUT are sent too so a receiver never waits for
-a job that ended otherwise).
+Only ``COMPLETED`` and ``FAILED`` jobs are sent (not CANCELLED, TIMED_OUT or purged
+ones: RunPod documents those two, runpod-python issue #410 / PR #585). The body is the
+status fields (``delayTime``, ``executionTime``, ``error``, ``id``, ``output``,
+``status``; no ``workerId``, no ``retries``) plus the request's ``input`` and
+``webhook`` (issue #409's sample). The receiver must answer 200: anything else
+(another 2xx, a redirect, never followed) and connection errors are retried,
+``webhook_attempts`` in all, ``webhook_retry_interval_s`` apart (RunPod: 2 retries 10 s
+apart).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import aiohttp
 
 from bridge.emulator.engine import Engine
-from bridge.emulator.state import EndpointState, Job
+from bridge.emulator.state import COMPLETED, FAILED, EndpointState, Job
 
 log = logging.getLogger("bridge.emulator.webhooks")
 
@@ -41,7 +44,7 @@ class WebhookSender:
             await self._session.close()
 
     def _on_final(self, state: EndpointState, job: Job) -> None:
-        if job.webhook and self._session is not None:
+        if job.webhook and job.status in (COMPLETED, FAILED) and self._session is not None:
             task = asyncio.create_task(self._deliver(state, job.webhook, job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -55,7 +58,7 @@ class WebhookSender:
                 # Never follow a redirect: the job's submitter chose this URL, not
                 # whoever answers it (a 3xx counts as a failed delivery).
                 async with self._session.post(url, json=payload, allow_redirects=False) as response:
-                    if 200 <= response.status < 300:
+                    if response.status == 200:
                         state.counters.webhooks_sent += 1
                         return
                     reason = f"HTTP {response.status}"

@@ -3,8 +3,13 @@
 An unmodified ``runpod.serverless.start(...)`` worker pointed at these URLs through its
 ``RUNPOD_WEBHOOK_*`` variables takes jobs, streams chunks, reports results, receives
 stop signals for cancelled jobs and pings. A worker not heard from for
-``worker_dead_after_s`` is declared dead and its running jobs end FAILED (not requeued:
-the worker may have had side effects we cannot see).
+``worker_dead_after_s`` is declared dead and its running jobs go back to the queue
+(RunPod retries them); a worker whose ping says ``status=unhealthy`` gets no more jobs.
+
+Reports are judged as the platform judges them (:mod:`bridge.emulator.results`): a
+job-done body over ``result_max_bytes`` or with a non-string ``error`` gets 400 and its
+job ends ``COMPLETED`` without output; a stream chunk over ``stream_chunk_max_bytes`` is
+split into several.
 
 Who may act as a worker: any accepted API key (all keys belong to the one account the
 emulator simulates), but only on endpoints whose template is ``external`` (endpoints with
@@ -15,16 +20,16 @@ inputs and post forged results), and a worker id belongs to the key that first u
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
 
 from bridge.emulator.engine import Engine
-from bridge.emulator.http import ENGINE, KEY_ID, SETTINGS, ApiError, ok, read_json
+from bridge.emulator.http import ENGINE, KEY_ID, SETTINGS, ApiError, ok, read_bounded, read_json
 from bridge.emulator.state import EndpointState, Job, Worker
 
-_MAX_RESULT_BYTES = 20 * 1024 * 1024
-_MAX_CHUNK_BYTES = 1024 * 1024
+_NOT_JSON: Any = object()
 
 
 def _worker(request: web.Request) -> tuple[Engine, EndpointState, Worker]:
@@ -73,6 +78,9 @@ async def _take(request: web.Request, batch: bool) -> web.Response:
             raise ApiError(400, "batch_size must be an integer") from None
     if request.query.get("job_in_progress") == "0":
         worker.holds_nothing()
+    if worker.state == "unhealthy":  # it failed its fitness check: nothing more for it
+        worker.last_seen = engine.now()
+        return web.Response(status=204)
     deadline = engine.now() + request.app[SETTINGS].job_take_hold_s
     while not state.queue and engine.now() < deadline:
         await state.wait_queue(deadline - engine.now())
@@ -112,30 +120,33 @@ def _reported_job(request: web.Request, worker: Worker, state: EndpointState) ->
     return job
 
 
+async def _report(request: web.Request, limit: int) -> tuple[Any, int]:
+    """A report's body (parsed JSON, or ``_NOT_JSON``) and its size; an over-long body is
+    not read and its size is its declared length, or ``limit + 1``."""
+    raw = await read_bounded(request, limit)
+    if raw is None:
+        return None, max(request.content_length or 0, limit + 1)
+    try:
+        return json.loads(raw), len(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return _NOT_JSON, len(raw)
+
+
 async def job_done(request: web.Request) -> web.Response:
     engine, state, worker = _worker(request)
-    body = await read_json(request, max_bytes=_MAX_RESULT_BYTES, any_type=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "job-done body must be a JSON object")
-    if body.get("status") == "IN_PROGRESS":
-        engine.progress(state, _reported_job(request, worker, state), body.get("output"))
-        return ok({})
-    worker.stopped(request.match_info["job_id"])  # it holds the job no more: stop is moot
+    body, size = await _report(request, request.app[SETTINGS].result_max_bytes)
+    if not (isinstance(body, dict) and body.get("status") == "IN_PROGRESS"):
+        worker.stopped(request.match_info["job_id"])  # it holds the job no more
     job = _reported_job(request, worker, state)
-    error = body.get("error")
-    engine.finish(
-        state,
-        job,
-        output=body.get("output"),
-        has_output="output" in body,
-        error=None if error is None else error if isinstance(error, str) else str(error),
-    )
+    verdict = engine.report(state, job, body, size)
+    if verdict.refused is not None:
+        raise ApiError(400, verdict.refused)
     return ok({})
 
 
 async def job_stream(request: web.Request) -> web.Response:
     engine, state, worker = _worker(request)
-    body = await read_json(request, max_bytes=_MAX_CHUNK_BYTES, any_type=True)
+    body = await read_json(request, max_bytes=request.app[SETTINGS].result_max_bytes, any_type=True)
     if not isinstance(body, dict) or "output" not in body:
         raise ApiError(400, 'job-stream body must be {"output": <chunk>}')
     engine.add_chunk(state, _reported_job(request, worker, state), body["output"])

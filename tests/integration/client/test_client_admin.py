@@ -33,23 +33,27 @@ def create(admin: dict[str, Any], transport: str, **overrides: Any) -> dict[str,
     return runpod.create_endpoint(**settings, transport=transport, **admin)
 
 
+# REST v2 endpoint objects carry no templateId (the emulator follows RunPod's openapi since
+# issue 16): over REST the template is checked where GraphQL reports it.
+TEMPLATE_REPORTED = {"graphql": True, "rest": False}
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_create_list_update_delete(admin: dict[str, Any], transport: str) -> None:
-    created = create(admin, transport, idle_timeout=7, scaler_type="REQUEST_COUNT", scaler_value=3)
+    # QUEUE_DELAY: REST v2 refuses an idleTimeout with REQUEST_COUNT scaling.
+    created = create(admin, transport, idle_timeout=7, scaler_type="QUEUE_DELAY", scaler_value=3)
     assert set(created) == set(ENDPOINT_KEYS)
     assert created["id"]
-    assert (created["name"], created["templateId"], created["status"]) == (
-        "admin-test",
-        "echo",
-        "ACTIVE",
-    )
+    assert (created["name"], created["status"]) == ("admin-test", "ACTIVE")
+    if TEMPLATE_REPORTED[transport]:
+        assert created["templateId"] == "echo"
     assert (created["gpuIds"], created["idleTimeout"], created["workersMax"]) == (
         "AMPERE_16,ADA_24",
         7,
         2,
     )
     assert (created["scalerType"], created["scalerValue"], created["flashboot"]) == (
-        "REQUEST_COUNT",
+        "QUEUE_DELAY",
         3,
         False,
     )
@@ -63,7 +67,8 @@ def test_create_list_update_delete(admin: dict[str, Any], transport: str) -> Non
     assert updated["name"] == "admin-test"  # untouched settings stay
 
     swapped = runpod.update_endpoint_template(created["id"], "stream", transport=transport, **admin)
-    assert swapped["templateId"] == "stream"
+    if TEMPLATE_REPORTED[transport]:
+        assert swapped["templateId"] == "stream"
     assert swapped["workersMax"] == 6
 
     runpod.delete_endpoint(created["id"], transport=transport, **admin)
@@ -74,8 +79,20 @@ def test_create_list_update_delete(admin: dict[str, Any], transport: str) -> Non
 def test_both_transports_return_the_same_dicts(admin: dict[str, Any]) -> None:
     created = create(admin, "rest", locations="US,CZ", allowed_cuda_versions="12.1,12.2")
     try:
-        by_rest = {e["id"]: e for e in runpod.get_endpoints(transport="rest", **admin)}
-        by_graphql = {e["id"]: e for e in runpod.get_endpoints(transport="graphql", **admin)}
+
+        def listed(transport: str) -> dict[str, dict[str, Any]]:
+            # REST v2 reports no templateId, nor an idleTimeout with REQUEST_COUNT scaling
+            # (it does not apply there): compare every other key.
+            def comparable(e: dict[str, Any]) -> dict[str, Any]:
+                unreported = {"templateId"}
+                if e["scalerType"] == "REQUEST_COUNT":
+                    unreported.add("idleTimeout")
+                return {k: v for k, v in e.items() if k not in unreported}
+
+            endpoints = runpod.get_endpoints(transport=transport, **admin)
+            return {e["id"]: comparable(e) for e in endpoints}
+
+        by_rest, by_graphql = listed("rest"), listed("graphql")
         assert by_rest == by_graphql
         assert by_rest[created["id"]]["locations"] == "US,CZ"
     finally:

@@ -1,5 +1,6 @@
 """The REST v2 admin API (``/v2/serverless``) over a real socket: shapes, problem
-documents, and changes that reach the live queue."""
+documents, and changes that reach the live queue. Shapes follow RunPod's openapi
+(``api-reference-v2/openapi.json``; issue 16 item 5)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def create(http: httpx.Client, **fields: Any) -> dict[str, Any]:
         "name": "rest",
         "type": "QUEUE",
         "templateId": "echo",
+        "gpu": {"pools": ["ADA_24"]},
         "scaling": {"type": "REQUEST_COUNT", "requestCount": 1},
         **fields,
     }
@@ -86,13 +88,16 @@ def test_create_returns_the_endpoint_and_it_serves_jobs(
     )
     assert re.fullmatch("[a-z0-9]{14}", endpoint["id"])
     assert endpoint["name"] == "image-generator"
-    assert (endpoint["type"], endpoint["templateId"], endpoint["image"]) == (
-        "QUEUE",
-        "echo",
-        "echo",
+    assert (endpoint["type"], endpoint["image"]) == ("QUEUE", "echo")
+    assert "templateId" not in endpoint  # REST v2's Endpoint has none
+    assert (endpoint["args"], endpoint["disk"], endpoint["ports"], endpoint["registry"]) == (
+        "",
+        None,
+        [],
+        None,
     )
     assert endpoint["gpu"] == {"pools": ["ADA_24", "AMPERE_16"], "count": 2,
-                               "allowedCudaVersions": ["12.4"]}  # fmt: skip
+                               "allowedCudaVersions": ["12.4"], "minCudaVersion": None}  # fmt: skip
     assert endpoint["workers"] == {"min": 0, "max": 5, "idleTimeout": 7}
     assert endpoint["scaling"] == {"type": "QUEUE_DELAY", "queueDelay": 4}
     assert (endpoint["flashboot"], endpoint["timeout"]) == ("FLASHBOOT", 120_000)
@@ -100,10 +105,16 @@ def test_create_returns_the_endpoint_and_it_serves_jobs(
     datetime.fromisoformat(endpoint["createdAt"])
     urls = endpoint["requestUrls"]
     base = f"{emu.url}/v2/{endpoint['id']}"
-    assert urls["runSync"] == f"{base}/runsync"
-    assert urls["purgeQueue"] == f"{base}/purge-queue"
-    assert set(urls) == {"run", "runSync", "status", "stream", "cancel", "retry",
-                         "purgeQueue", "health"}  # fmt: skip
+    assert urls == {
+        "run": f"{base}/run",
+        "runSync": f"{base}/runsync",
+        "status": f"{base}/status/{{job_id}}",  # a literal placeholder, as RunPod's
+        "stream": f"{base}/stream/{{job_id}}",
+        "cancel": f"{base}/cancel/{{job_id}}",
+        "retry": f"{base}/retry/{{job_id}}",
+        "purgeQueue": f"{base}/purge-queue",
+        "health": f"{base}/health",
+    }
 
     result = http.post(urls["runSync"], json={"input": {"prompt": "hi"}}).json()
     assert (result["status"], result["output"]) == ("COMPLETED", {"prompt": "hi"})
@@ -111,17 +122,41 @@ def test_create_returns_the_endpoint_and_it_serves_jobs(
 
 
 def test_defaults(http: httpx.Client) -> None:
-    endpoint = create(http)
+    endpoint = create(http, scaling={"type": "QUEUE_DELAY", "queueDelay": 4})
     assert (endpoint["flashboot"], endpoint["timeout"]) == ("OFF", 300_000)
-    assert endpoint["workers"] == {"min": 0, "max": 3, "idleTimeout": 5}
+    assert endpoint["workers"] == {"min": 0, "max": 3, "idleTimeout": 10}
 
 
-def test_image_creates_a_template(http: httpx.Client) -> None:
+def test_idle_timeout_is_not_shown_with_request_count(http: httpx.Client) -> None:
+    assert create(http)["workers"] == {"min": 0, "max": 3}
+
+
+def graphql_template_id(http: httpx.Client, endpoint_id: str) -> str:
+    query = "{ myself { endpoints { id templateId } podTemplates { id } } }"
+    me = http.post("/graphql", json={"query": query}).json()["data"]["myself"]
+    [template_id] = [e["templateId"] for e in me["endpoints"] if e["id"] == endpoint_id]
+    assert template_id in {t["id"] for t in me["podTemplates"]}
+    result: str = template_id
+    return result
+
+
+def test_image_makes_the_endpoints_own_template(http: httpx.Client) -> None:
     endpoint = create(http, templateId=None, image="echo", env={"MODE": "x"})
-    assert endpoint["templateId"] not in ("echo", None)
-    assert endpoint["image"] == "echo"
-    assert endpoint["env"] == {"MODE": "x"}
+    assert graphql_template_id(http, endpoint["id"]) not in ("echo", None)
+    assert (endpoint["image"], endpoint["env"]) == ("echo", {"MODE": "x"})
     assert runsync(http, endpoint["id"], {"n": 1})["output"] == {"n": 1}
+
+
+def test_template_id_with_image_is_allowed_and_the_body_wins(http: httpx.Client) -> None:
+    endpoint = create(http, templateId="echo", image="fail", args="--fast", ports=["8000/http"])
+    assert (endpoint["image"], endpoint["args"], endpoint["ports"]) == (
+        "fail",
+        "--fast",
+        ["8000/http"],
+    )
+    assert runsync(http, endpoint["id"], {})["status"] == "FAILED"
+    assert graphql_template_id(http, endpoint["id"]) != "echo"
+    assert runsync(http, "echo", {"still": "echo"})["output"] == {"still": "echo"}
 
 
 def test_list_get_and_graphql_agree(http: httpx.Client) -> None:
@@ -138,7 +173,11 @@ def test_list_get_and_graphql_agree(http: httpx.Client) -> None:
 
 
 def test_patch_changes_only_what_it_names(http: httpx.Client) -> None:
-    endpoint = create(http, workers={"min": 0, "max": 2, "idleTimeout": 9})
+    endpoint = create(
+        http,
+        workers={"min": 0, "max": 2, "idleTimeout": 9},
+        scaling={"type": "QUEUE_DELAY", "queueDelay": 2},
+    )
     changed = patch(http, endpoint["id"], name="renamed", workers={"max": 4})
     assert changed["name"] == "renamed"
     assert changed["workers"] == {"min": 0, "max": 4, "idleTimeout": 9}
@@ -177,8 +216,15 @@ def test_workers_max_change_rescales(http: httpx.Client) -> None:
     assert http.delete(f"/v2/serverless/{endpoint}").status_code == 204  # cancels them
 
 
-def test_delete(http: httpx.Client) -> None:
+def template_ids(http: httpx.Client) -> set[str]:
+    query = "{ myself { podTemplates { id } } }"
+    templates = http.post("/graphql", json={"query": query}).json()["data"]["myself"]
+    return {t["id"] for t in templates["podTemplates"]}
+
+
+def test_delete_removes_the_endpoint_and_its_template(http: httpx.Client) -> None:
     endpoint = create(http)["id"]
+    template = graphql_template_id(http, endpoint)
     job = http.post(f"/v2/{endpoint}/run", json={"input": {}})
     assert job.status_code == 200
     response = http.delete(f"/v2/serverless/{endpoint}")
@@ -186,6 +232,59 @@ def test_delete(http: httpx.Client) -> None:
     assert http.get(f"/v2/serverless/{endpoint}").status_code == 404
     assert http.get(f"/v2/{endpoint}/health").status_code == 404
     assert endpoint not in {e["id"] for e in http.get("/v2/serverless").json()["endpoints"]}
+    assert template not in template_ids(http)
+    assert "echo" in template_ids(http)  # the template it was made from stays
+
+
+def test_a_template_swap_replaces_the_endpoints_own_template(http: httpx.Client) -> None:
+    endpoint = create(http)["id"]
+    first = graphql_template_id(http, endpoint)
+    assert patch(http, endpoint, templateId="stream")["image"] == "stream"
+    assert first not in template_ids(http)
+    assert patch(http, endpoint, env={"K": "v"})["env"] == {"K": "v"}
+    assert graphql_template_id(http, endpoint) not in (first, "stream")
+
+
+# -- compute, scaling and CUDA rules between fields (400) ------------------------------------
+
+
+def test_a_cpu_endpoint(http: httpx.Client) -> None:
+    endpoint = create(http, gpu=None, cpu=[{"id": "cpu3c", "vcpuCount": 4}])
+    assert endpoint["gpu"] is None
+    assert endpoint["cpu"] == [{"id": "cpu3c", "vcpuCount": 4, "memory": 8}]
+    assert runsync(http, endpoint["id"], {"on": "cpu"})["output"] == {"on": "cpu"}
+    refused = http.patch(f"/v2/serverless/{endpoint['id']}", json={"gpu": {"count": 2}})
+    assert refused.status_code == 400
+    assert "compute is fixed" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "detail"),
+    [
+        ({"gpu": None}, "exactly one of gpu or cpu"),
+        ({"cpu": [{"id": "cpu3c", "vcpuCount": 2}]}, "not both"),
+        ({"workers": {"idleTimeout": 5}}, "does not apply to REQUEST_COUNT"),
+        ({"gpu": {"pools": ["ADA_24"], "allowedCudaVersions": ["12.4"], "minCudaVersion": "12.1"}},
+         "exclude each other"),
+    ],
+)  # fmt: skip
+def test_cross_field_rules_are_400(http: httpx.Client, fields: dict[str, Any], detail: str) -> None:
+    body = {"name": "x", "type": "QUEUE", "templateId": "echo", "gpu": {"pools": ["ADA_24"]},
+            "scaling": {"type": "REQUEST_COUNT", "requestCount": 1}, **fields}  # fmt: skip
+    body = {k: v for k, v in body.items() if v is not None}
+    response = http.post("/v2/serverless", json=body)
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert detail in response.json()["detail"]
+
+
+def test_idle_timeout_with_request_count_is_refused_on_update_too(http: httpx.Client) -> None:
+    endpoint = create(http)["id"]
+    response = http.patch(f"/v2/serverless/{endpoint}", json={"workers": {"idleTimeout": 30}})
+    assert response.status_code == 400
+    queue_delay = {"type": "QUEUE_DELAY", "queueDelay": 1}
+    switched = patch(http, endpoint, scaling=queue_delay, workers={"idleTimeout": 30})
+    assert switched["workers"]["idleTimeout"] == 30
 
 
 def test_queue_api_is_not_shadowed(http: httpx.Client) -> None:
@@ -196,7 +295,8 @@ def test_queue_api_is_not_shadowed(http: httpx.Client) -> None:
 
 # -- problems ------------------------------------------------------------------------------
 
-VALID = {"name": "x", "type": "QUEUE", "templateId": "echo", "scaling": {"type": "QUEUE_DELAY"}}
+VALID = {"name": "x", "type": "QUEUE", "templateId": "echo", "gpu": {"pools": ["ADA_24"]},
+         "scaling": {"type": "QUEUE_DELAY"}}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -205,7 +305,7 @@ VALID = {"name": "x", "type": "QUEUE", "templateId": "echo", "scaling": {"type":
         ({k: v for k, v in VALID.items() if k != "name"}, "name"),
         ({k: v for k, v in VALID.items() if k != "scaling"}, "scaling"),
         ({**VALID, "templateId": None}, "either templateId or image"),
-        ({**VALID, "image": "echo"}, "not both"),
+        ({**VALID, "cpu": [{"id": "cpu3c", "vcpuCount": 3}]}, "power of two"),
         ({**VALID, "templateId": "nope"}, "template 'nope' not found"),
         ({**VALID, "type": "LOAD_BALANCER"}, "only queue endpoints"),
         ({**VALID, "type": "SOMETHING"}, "type"),
@@ -249,7 +349,36 @@ def test_rejected_patch_changes_nothing(http: httpx.Client) -> None:
     assert http.get(f"/v2/serverless/{endpoint['id']}").json() == endpoint
 
 
-def test_needs_a_key(emu: EmulatorHandle) -> None:
-    assert httpx.get(f"{emu.url}/v2/serverless").status_code == 401
+def test_needs_a_key_and_says_so_in_a_problem_document(emu: EmulatorHandle) -> None:
+    reply = httpx.get(f"{emu.url}/v2/serverless")
+    assert reply.status_code == 401
+    assert reply.headers["content-type"].startswith(PROBLEM)
+    assert reply.json()["title"] == "Unauthorized"
+    assert "missing API key" in reply.json()["detail"]
+    wrong = httpx.get(f"{emu.url}/v2/serverless", headers={"Authorization": "Bearer nope"})
+    assert (wrong.status_code, wrong.json()["status"]) == (401, 401)
     # A key in the query string is not accepted anywhere (issue 14 item 4)
     assert httpx.get(f"{emu.url}/v2/serverless?api_key={emu.api_key}").status_code == 401
+
+
+def test_answers_carry_rate_limit_headers(http: httpx.Client) -> None:
+    reply = http.get("/v2/serverless")
+    assert re.fullmatch(r'"minute";r=\d+;t=\d+, "hour";r=\d+;t=\d+, "day";r=\d+;t=\d+',
+                        reply.headers["RateLimit"])  # fmt: skip
+    assert reply.headers["RateLimit-Policy"].startswith('"minute";q=6000;w=60, "hour";q=')
+
+
+def test_past_the_quota_a_429_problem_with_retry_after() -> None:
+    with (
+        running_emulator(admin_rate_limits={"minute": 2, "day": 1000}) as emu,
+        httpx.Client(base_url=emu.url, headers={"Authorization": emu.api_key}) as http,
+    ):
+        replies = [http.get("/v2/serverless") for _ in range(3)]
+    assert [r.status_code for r in replies] == [200, 200, 429]
+    first, limited = replies[0], replies[2]
+    assert first.headers["RateLimit"].startswith('"minute";r=1;t=')
+    assert first.headers["RateLimit-Policy"] == '"minute";q=2;w=60, "day";q=1000;w=86400'
+    assert limited.headers["content-type"].startswith(PROBLEM)
+    assert (limited.json()["status"], limited.json()["title"]) == (429, "Too Many Requests")
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert limited.headers["RateLimit"].startswith('"minute";r=0;t=')

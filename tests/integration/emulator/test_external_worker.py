@@ -318,9 +318,17 @@ def test_a_stop_for_a_job_taken_but_not_started_is_repeated_until_obeyed(
     assert pending == {}, "the stop stayed pending after the worker let go of the job"
 
 
-def test_a_killed_worker_fails_its_job(tmp_path: Path) -> None:
+@pytest.mark.parametrize("requeue", [True, False])
+def test_a_killed_workers_job_is_requeued(tmp_path: Path, requeue: bool) -> None:
+    """Issue 16 item 2: RunPod retries a job whose worker died; the retry count shows in
+    ``/status``. With ``requeue_on_worker_loss`` off the job ends FAILED instead."""
     with (
-        running_emulator(worker_dead_after_s=1.0, scale_tick_s=0.1, job_take_hold_s=1.0) as emu,
+        running_emulator(
+            worker_dead_after_s=1.0,
+            scale_tick_s=0.1,
+            job_take_hold_s=1.0,
+            requeue_on_worker_loss=requeue,
+        ) as emu,
         httpx.Client(
             base_url=f"{emu.base_url}/{ENDPOINT}",
             headers={"Authorization": f"Bearer {emu.api_key}"},
@@ -338,16 +346,26 @@ def test_a_killed_worker_fails_its_job(tmp_path: Path) -> None:
 
         worker.kill()
         killed_at = time.monotonic()
-        body = final_status(api, job_id, worker=None, timeout=10)  # it is dead on purpose
+        if requeue:
+            wait_for("the job to be requeued", lambda: "retries" in status(api, job_id), 10, None)
+        else:
+            final_status(api, job_id, worker=None, timeout=10)  # it is dead on purpose
         took = time.monotonic() - killed_at
+        body = status(api, job_id)
         health = api.get("/health").json()
-    assert body["status"] == "FAILED", body
-    assert body["error"] == f"worker {worker.pod_id} stopped responding"
-    assert body["workerId"] == worker.pod_id
+        api.post(f"/cancel/{job_id}")
     assert took < 5, f"the dead worker was noticed only after {took:.1f} s"
-    assert health["jobs"]["failed"] == 1
     assert health["jobs"]["inProgress"] == 0
     assert sum(health["workers"].values()) == 0, health
+    if requeue:
+        assert body == {"id": job_id, "retries": 1, "status": "IN_QUEUE"}, body
+        assert (health["jobs"]["inQueue"], health["jobs"]["retried"]) == (1, 1)
+        assert health["jobs"]["failed"] == 0
+    else:
+        assert body["status"] == "FAILED", body
+        assert body["error"] == f"worker {worker.pod_id} stopped responding"
+        assert body["workerId"] == worker.pod_id
+        assert health["jobs"]["failed"] == 1
 
 
 def test_an_abandoned_job_take_does_not_swallow_a_job() -> None:

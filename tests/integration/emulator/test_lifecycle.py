@@ -149,10 +149,29 @@ def test_sync_generator_streams_and_default_output_is_empty_list(capi: httpx.Cli
     assert [c["output"] for c in chunks] == [f"chunk-{k}" for k in range(5)]
 
 
-def test_unloadable_handler_fails_job_with_clear_error(capi: httpx.Client) -> None:
-    body = capi.post("/broken/runsync", json={"input": {}}).json()
-    assert body["status"] == "FAILED"
-    assert "cannot load handler 'no_such_module:handler'" in body["error"]
+def test_a_handler_that_cannot_load_crash_loops_and_its_jobs_stay_queued(
+    custom: EmulatorHandle, capi: httpx.Client
+) -> None:
+    """Issue 16 item 2: as on RunPod, a worker whose handler cannot load crashes at start
+    and restarts; after ``crash_loop_limit`` (3) crashes it is unhealthy, and the job is
+    not failed: it waits IN_QUEUE. A new template brings a healthy worker."""
+    job = capi.post("/broken/run", json={"input": {"k": 1}}).json()
+
+    def unhealthy() -> bool:
+        return bool(capi.get("/broken/health").json()["workers"]["unhealthy"] == 1)
+
+    wait_until(unhealthy, timeout=30)
+    assert capi.get(f"/broken/status/{job['id']}").json() == {"id": job["id"], "status": "IN_QUEUE"}
+    [worker] = custom.workers("broken")
+    assert (worker["state"], worker["crashes"]) == ("unhealthy", 3)
+    assert "cannot load handler 'no_such_module:handler'" in worker["error"]
+    assert custom.stats("broken")["worker_crashes"] == 3
+    assert capi.get("/broken/health").json()["jobs"]["failed"] == 0
+
+    custom.call(lambda: custom.engine.update_endpoint("broken", templateId="echo"))
+    done = final(capi, "broken", job["id"])
+    custom.call(lambda: custom.engine.update_endpoint("broken", templateId="broken"))
+    assert (done["status"], done["output"]) == ("COMPLETED", {"k": 1})
 
 
 def test_health_counts_completed_failed_and_queue(capi: httpx.Client) -> None:

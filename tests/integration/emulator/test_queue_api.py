@@ -85,12 +85,31 @@ def test_stream_wait_holds_for_new_chunks(api: httpx.Client) -> None:
     assert first["stream"] == [{"output": {"i": 0}}]
 
 
-def test_stream_without_wait_answers_at_once(api: httpx.Client) -> None:
+def test_stream_with_wait_zero_answers_at_once(api: httpx.Client) -> None:
     job = api.post("/stream/run", json={"input": {"n": 1, "interval_ms": 1000}}).json()
-    body = api.get(f"/stream/stream/{job['id']}").json()
+    body = api.get(f"/stream/stream/{job['id']}?wait=0").json()
     assert body["stream"] == []
     assert body["status"] in ("IN_QUEUE", "IN_PROGRESS")
     api.post(f"/stream/cancel/{job['id']}")
+
+
+def test_stream_holds_by_default_so_a_client_without_sleeps_does_not_spin(
+    api: httpx.Client,
+) -> None:
+    """Issue 16 item 8: RunPod's JS SDK polls ``/stream`` back to back and relies on the
+    server holding the request; a request without ``?wait=`` is held until a chunk comes
+    (up to ``stream_default_wait_ms``, 5 s by default)."""
+    job = api.post("/stream/run", json={"input": {"n": 1, "interval_ms": 300}}).json()
+    polls = 0
+    seen: list[Any] = []
+    while True:
+        body = api.get(f"/stream/stream/{job['id']}").json()
+        polls += 1
+        seen.extend(chunk["output"] for chunk in body["stream"])
+        if body["status"] == "COMPLETED" and not body["stream"]:
+            break
+        assert polls < 10, f"the stream was not held: {polls} polls for one 300 ms chunk"
+    assert seen == [{"i": 0}]
 
 
 def test_body_less_posts_are_fine(api: httpx.Client) -> None:
