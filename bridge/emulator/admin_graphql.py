@@ -38,7 +38,7 @@ enum FlashBootType { OFF FLASHBOOT PRIORITY_FLASHBOOT }
 type EnvironmentVariable { key: String value: String }
 input EnvironmentVariableInput { key: String! value: String }
 
-type NetworkVolume { id: String dataCenterId: String }
+type NetworkVolume { id: String name: String size: Int dataCenterId: String }
 type Pod { id: String desiredStatus: String }
 
 type Endpoint {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +40,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
 IN_FLIGHT: web.AppKey[ConcurrencyLimiter] = web.AppKey("in_flight", ConcurrencyLimiter)
+
+
+class TlsConnections:
+    """The TLS connections the server has served (weakly held)."""
+
+    def __init__(self) -> None:
+        self.transports: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
+
+
+TLS_CONNECTIONS: web.AppKey[TlsConnections] = web.AppKey("tls_connections", TlsConnections)
+
+
+@web.middleware
+async def track_tls(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Remember TLS connections: one whose client left without a TLS goodbye (requests
+    does that) waits up to 30 s for it, so shutting down aborts them instead."""
+    if request.transport is not None:
+        request.app[TLS_CONNECTIONS].transports.add(request.transport)
+    return await handler(request)
 
 
 @web.middleware
@@ -225,10 +245,14 @@ def create_app(settings: EmulatorSettings | None = None, **kwargs: Any) -> web.A
         **kwargs: passed to :class:`Engine` (``clock=``) for tests.
     """
     settings = settings or EmulatorSettings.load()
+    middlewares = [json_errors, check_host, require_key, queue_guard]
+    if settings.tls_cert_file is not None:
+        middlewares.insert(0, track_tls)
     app = web.Application(
-        middlewares=[json_errors, check_host, require_key, queue_guard],
+        middlewares=middlewares,
         client_max_size=max(settings.runsync_max_bytes, settings.result_max_bytes) + 64 * 1024,
     )
+    app[TLS_CONNECTIONS] = TlsConnections()
     engine = Engine(settings, **kwargs)
     app[SETTINGS] = settings
     app[ENGINE] = engine
@@ -244,6 +268,8 @@ def create_app(settings: EmulatorSettings | None = None, **kwargs: Any) -> web.A
         yield
         await fleet.stop()
         await webhooks.stop()
+        for transport in list(app[TLS_CONNECTIONS].transports):
+            transport.abort()
 
     app.cleanup_ctx.append(lifecycle)
     admin_graphql.setup(app)

@@ -61,3 +61,22 @@ async def exits_midstream(job: dict[str, Any]) -> AsyncIterator[Any]:
     """A streaming handler that exits after its first chunk."""
     yield "first"
     raise SystemExit(2)
+
+
+# -- issue 16: results as the worker SDK reports them -----------------------------------------
+
+
+def result_of_input(job: dict[str, Any]) -> Any:
+    """Return ``input.result`` as it is: the test chooses the handler's return value."""
+    return job["input"].get("result")
+
+
+def big_output(job: dict[str, Any]) -> Any:
+    """Return a string of ``input.bytes`` bytes (a result too large to report)."""
+    return "x" * int(job["input"]["bytes"])
+
+
+def big_chunks(job: dict[str, Any]) -> Iterator[Any]:
+    """Yield one string chunk of ``input.bytes`` bytes, then ``"end"``."""
+    yield "y" * int(job["input"]["bytes"])
+    yield "end"

@@ -332,3 +332,50 @@ def test_get_serves_queries_not_mutations(http: httpx.Client) -> None:
     mutation = http.get("/graphql", params={"query": 'mutation { deleteEndpoint(id: "echo") }'})
     assert mutation.status_code == 405
     assert "echo" in listed(http)
+
+
+# -- issue 16 item 5: fields real queries select ------------------------------------------------
+
+
+def test_myself_has_the_fields_real_queries_select(http: httpx.Client) -> None:
+    """Queries from RunPod's docs and users select ``serverlessDiscount`` (an object),
+    ``podTemplates``, ``pubKey`` and ``networkVolumes`` next to ``endpoints``."""
+    query = """query Endpoints { myself {
+      id email pubKey
+      endpoints { id templateId }
+      serverlessDiscount { discountFactor type expirationDate }
+      podTemplates { id name imageName isServerless }
+      networkVolumes { id dataCenterId }
+    } }"""
+    me = data(http, query)["myself"]
+    assert me["serverlessDiscount"] is None  # the emulated account has no discount
+    assert (me["pubKey"], me["networkVolumes"]) == (None, [])
+    assert {"echo", "stream", "fail", "external"} <= {t["id"] for t in me["podTemplates"]}
+    assert {"echo"} <= {e["id"] for e in me["endpoints"]}
+
+
+def test_the_sdks_user_query_works(sdk: Any) -> None:
+    me = sdk.get_user()
+    assert (me["id"], me["networkVolumes"]) == ("user_emulator", [])
+
+
+def test_pod_templates_have_their_start_fields(http: httpx.Client) -> None:
+    document = """mutation saveTemplate($input: SaveTemplateInput) {
+      saveTemplate(input: $input) { id startSsh startJupyter startScript advancedStart }
+    }"""
+    given = {"name": "starter", "imageName": "echo", "startJupyter": True,
+             "startScript": "./boot.sh", "advancedStart": True}  # fmt: skip
+    saved = data(http, document, {"input": given})["saveTemplate"]
+    assert (saved["startJupyter"], saved["startScript"], saved["advancedStart"]) == (
+        True,
+        "./boot.sh",
+        True,
+    )
+    plain = data(http, document, {"input": {"name": "plain", "imageName": "echo"}})
+    assert plain["saveTemplate"] == {
+        "id": plain["saveTemplate"]["id"],
+        "startSsh": True,
+        "startJupyter": False,
+        "startScript": "",
+        "advancedStart": False,
+    }

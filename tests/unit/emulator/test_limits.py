@@ -1,4 +1,6 @@
-from bridge.emulator.limits import RateLimiter, SlidingWindow
+import pytest
+
+from bridge.emulator.limits import ConcurrencyLimiter, Quota, RateLimiter, SlidingWindow
 
 
 class FakeClock:
@@ -55,3 +57,52 @@ def test_unlimited_operation_and_retry_after_at_least_one_second() -> None:
     limiter.check("0", "a", "run")
     clock.now += 9.9
     assert limiter.check("0", "a", "run") == 1
+
+
+# -- issue 16 item 4: concurrency caps ---------------------------------------------------------
+
+
+def test_a_concurrency_cap_counts_requests_in_flight_per_user_and_endpoint() -> None:
+    caps = ConcurrencyLimiter({"cancel": 2})
+    first, second = caps.acquire("u", "e", "cancel"), caps.acquire("u", "e", "cancel")
+    assert first is not None
+    assert second is not None
+    assert caps.acquire("u", "e", "cancel") is None  # a third at once: refused
+    assert caps.acquire("u", "other", "cancel") is not None  # another endpoint's own caps
+    caps.release(first)
+    assert caps.acquire("u", "e", "cancel") is not None
+
+
+def test_an_operation_without_a_cap_is_never_refused() -> None:
+    caps = ConcurrencyLimiter({})
+    slots = [caps.acquire("u", "e", "health") for _ in range(1000)]
+    assert None not in slots
+    for slot in slots:
+        assert slot is not None
+        caps.release(slot)
+
+
+# -- issue 16 item 5: REST v2 quotas and their headers -------------------------------------------
+
+
+def test_quotas_count_fixed_windows_and_say_so_in_headers() -> None:
+    now = [120.0]  # the start of a minute
+    quota = Quota({"minute": 2, "hour": 100}, lambda: now[0])
+    allowed, headers = quota.take()
+    assert allowed is None
+    assert headers == {
+        "RateLimit": '"minute";r=1;t=60, "hour";r=99;t=3480',
+        "RateLimit-Policy": '"minute";q=2;w=60, "hour";q=100;w=3600',
+    }
+    now[0] = 150.0
+    assert quota.take()[0] is None
+    wait, headers = quota.take()  # the third in this minute
+    assert wait == 30
+    assert headers["RateLimit"].startswith('"minute";r=0;t=30')
+    now[0] = 180.0  # a new minute
+    assert quota.take()[0] is None
+
+
+def test_a_quota_window_must_be_known() -> None:
+    with pytest.raises(ValueError, match="week"):
+        Quota({"week": 1}, lambda: 0.0)

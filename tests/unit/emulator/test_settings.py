@@ -143,3 +143,91 @@ def test_handlers_and_hosts_are_validated(fields: dict[str, object], message: st
 def test_allowed_hosts_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_EMULATOR_ALLOWED_HOSTS", "Emulator, bridge.internal.")
     assert EmulatorSettings.load().allowed_hosts == ["emulator", "bridge.internal"]
+
+
+# -- issue 16: the fast (default) and runpod profiles ------------------------------------------
+
+
+def test_the_fast_profile_is_the_default_and_keeps_test_suites_fast(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BRIDGE_EMULATOR_PROFILE", raising=False)
+    settings = EmulatorSettings.load()
+    assert settings.profile == "fast"
+    assert (settings.cold_start_ms, settings.account_max_workers) == (1000, None)
+    assert (settings.min_ttl_ms, settings.min_execution_timeout_ms) == (1, 1)
+    assert not settings.concurrency_limits_enabled
+    assert [(e.id, e.workersMax) for e in settings.endpoints][:3] == [
+        ("echo", 100),
+        ("stream", 100),
+        ("fail", 100),
+    ]
+
+
+def test_what_both_profiles_share() -> None:
+    for profile in ("fast", "runpod"):
+        settings = EmulatorSettings.load(profile=profile)
+        assert settings.default_ttl_ms == 24 * 3600 * 1000
+        assert settings.stream_default_wait_ms == 5000
+        assert (settings.webhook_attempts, settings.webhook_retry_interval_s) == (3, 10.0)
+        assert settings.requeue_on_worker_loss
+        assert settings.concurrency_limits == {
+            "run": 200, "runsync": 400, "status": 400, "status-sync": 400, "stream": 400,
+            "cancel": 20,
+        }  # fmt: skip
+
+
+def test_the_runpod_profile_has_runpods_limits_and_timings() -> None:
+    settings = EmulatorSettings.load(profile="runpod")
+    assert settings.account_max_workers == 5
+    assert (settings.cold_start_ms, settings.flashboot_cold_start_ms) == (10_000, 2_000)
+    assert (settings.min_ttl_ms, settings.min_execution_timeout_ms) == (10_000, 5_000)
+    assert settings.concurrency_limits_enabled
+    assert (settings.run_max_bytes, settings.runsync_max_bytes) == (10_000_000, 20_000_000)
+    assert (settings.result_max_bytes, settings.stream_chunk_max_bytes) == (20_000_000, 1_000_000)
+    assert settings.admin_rate_limits == {"minute": 60, "hour": 3000, "day": 50000}
+    echo = settings.endpoints[0]
+    assert (echo.workersMax, echo.scalerType, echo.scalerValue, echo.idleTimeout) == (
+        3,
+        "QUEUE_DELAY",
+        4,
+        5,
+    )
+
+
+def test_explicit_settings_win_over_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert EmulatorSettings.load(profile="runpod", cold_start_ms=0).cold_start_ms == 0
+    path = tmp_path / "emu.toml"
+    path.write_text("[server]\ncold_start_ms = 250\naccount_max_workers = 9\n")
+    monkeypatch.setenv("BRIDGE_EMULATOR_PROFILE", "runpod")
+    monkeypatch.setenv("BRIDGE_EMULATOR_ACCOUNT_MAX_WORKERS", "7")
+    settings = EmulatorSettings.load(path)
+    assert settings.profile == "runpod"  # from the environment
+    assert settings.cold_start_ms == 250  # the file's, not the profile's
+    assert settings.account_max_workers == 7  # the environment wins over the file
+    assert settings.min_ttl_ms == 10_000  # the rest from the profile
+
+
+def test_the_profile_can_be_set_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "emu.toml"
+    path.write_text('[server]\nprofile = "runpod"\n')
+    assert EmulatorSettings.load(path).account_max_workers == 5
+
+
+def test_an_unknown_profile_is_refused() -> None:
+    with pytest.raises(ConfigError, match="profile"):
+        EmulatorSettings.load(profile="slow")
+
+
+def test_tls_needs_both_files_and_they_must_exist(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not checked here")
+    with pytest.raises(ConfigError, match="go together"):
+        EmulatorSettings.load(tls_cert_file=cert)
+    with pytest.raises(ConfigError, match="no such file"):
+        EmulatorSettings.load(tls_cert_file=cert, tls_key_file=tmp_path / "missing.pem")
+    both = EmulatorSettings.load(tls_cert_file=cert, tls_key_file=cert)
+    assert both.scheme == "https"
+    assert EmulatorSettings.load().scheme == "http"
