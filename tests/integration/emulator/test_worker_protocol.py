@@ -155,3 +155,16 @@ def test_a_retried_job_taken_again_is_not_stopped_by_its_old_stop(emu: EmulatorH
         done = worker.post(f"/external/job-done/w1/{job_id}", json={"output": "second"})
         assert done.status_code == 200
     assert status(emu, "external", job_id)["output"] == "second"
+
+
+def test_a_worker_that_reports_itself_unhealthy_gets_no_more_jobs(emu: EmulatorHandle) -> None:
+    """Issue 16 item 2: runpod-python pings ``status=unhealthy`` when a fitness check
+    fails, then exits; the platform gives such a worker no job, and the job waits."""
+    job_id = submit(emu, "external", {"k": 1})
+    with worker_client(emu) as worker:
+        worker.get("/external/ping/sick", params={"status": "unhealthy", "check": "gpu"})
+        taken = worker.get("/external/job-take/sick", params={"job_in_progress": "0"})
+        health = worker.get("/external/health").json()
+    assert taken.status_code == 204
+    assert status(emu, "external", job_id)["status"] == "IN_QUEUE"
+    assert (health["workers"]["unhealthy"], health["jobs"]["inQueue"]) == (1, 1)
