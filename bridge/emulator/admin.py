@@ -154,12 +154,10 @@ def update_endpoint(engine: Engine, endpoint_id: str, changes: dict[str, Any]) -
         return state
     changes = {**changes, "version": int(stored(state.config, "version", 0)) + 1}
     check_update(engine, endpoint_id, changes)
-    previous = engine.templates.get(state.config.templateId)
+    previous = state.config.templateId
     state = engine.update_endpoint(endpoint_id, **changes)
-    # The endpoint's own template, replaced: nothing uses it any more.
-    owned = previous is not None and stored(previous, BOUND_TO) == endpoint_id
-    if owned and previous is not None and previous.id != state.config.templateId:
-        engine.delete_template(previous.id)
+    if previous != state.config.templateId:  # its own template, replaced
+        _drop_bound_template(engine, previous, endpoint_id)
     return state
 
 
@@ -195,9 +193,17 @@ def delete_endpoint(engine: Engine, endpoint_id: str, *, require_scaled_down: bo
             f"workersMax={config.workersMax}: set both to 0 before deleting it"
         )
     engine.delete_endpoint(endpoint_id)
-    template = engine.templates.get(config.templateId)
-    if template is not None and stored(template, BOUND_TO) == endpoint_id:
-        engine.delete_template(template.id)
+    _drop_bound_template(engine, config.templateId, endpoint_id)
+
+
+def _drop_bound_template(engine: Engine, template_id: str, endpoint_id: str) -> None:
+    """Delete ``endpoint_id``'s own template once no endpoint uses it (GraphQL's
+    ``updateEndpointTemplate`` may have pointed another endpoint at it)."""
+    template = engine.templates.get(template_id)
+    if template is None or stored(template, BOUND_TO) != endpoint_id:
+        return
+    if not any(s.config.templateId == template_id for s in engine.endpoints.values()):
+        engine.delete_template(template_id)
 
 
 def save_template(engine: Engine, fields: dict[str, Any]) -> TemplateConfig:

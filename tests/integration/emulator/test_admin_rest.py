@@ -382,3 +382,20 @@ def test_past_the_quota_a_429_problem_with_retry_after() -> None:
     assert (limited.json()["status"], limited.json()["title"]) == (429, "Too Many Requests")
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     assert limited.headers["RateLimit"].startswith('"minute";r=0;t=')
+
+
+def test_an_own_template_another_endpoint_uses_outlives_its_endpoint(http: httpx.Client) -> None:
+    """GraphQL's updateEndpointTemplate can point another endpoint at a REST endpoint's
+    own template: deleting the REST endpoint keeps the template while it is used."""
+    first = create(http, templateId="stream")["id"]
+    template = graphql_template_id(http, first)
+    second = create(http)["id"]
+    swap = """mutation Mutation($input: UpdateEndpointTemplateInput) {
+      updateEndpointTemplate(input: $input) { id templateId } }"""
+    variables = {"input": {"endpointId": second, "templateId": template}}
+    swapped = http.post("/graphql", json={"query": swap, "variables": variables}).json()
+    assert "errors" not in swapped
+    assert http.delete(f"/v2/serverless/{first}").status_code == 204
+    assert template in template_ids(http)
+    assert runsync(http, second, {"n": 1, "interval_ms": 0})["status"] == "COMPLETED"
+    assert http.delete(f"/v2/serverless/{second}").status_code == 204
