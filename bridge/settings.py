@@ -13,13 +13,28 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
-from bridge.configfiles import describe_errors, read_toml
+from bridge.configfiles import Problems, errors_of, read_toml
 from bridge.errors import ConfigError
 
 Mode = Literal["poll", "stream", "sync", "webhook"]
@@ -37,6 +52,9 @@ RUNPOD_BUDGETS: dict[str, int] = {
 }
 """RunPod's per-endpoint request limits per 10 s, the default budgets of every route."""
 
+
+_VALUES_GIVEN: ContextVar[bool] = ContextVar("bridge_settings_values_given", default=False)
+"""Set while :meth:`BridgeSettings.load` builds the settings from values it read itself."""
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@", re.I)
 
@@ -216,6 +234,32 @@ class BridgeSettings(BaseSettings):
         default_factory=dict, description="by name; none: echo, stream, fail on the emulator"
     )
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        from redis.connection import parse_url  # here: `bridge --help` stays fast
+
+        try:
+            parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        except ValueError as exc:  # its messages name the scheme or the port, not the URL
+            raise ValueError(f"not a URL redis-py can use: {exc}") from None
+        return url
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """``BridgeSettings()`` reads the environment; :meth:`load` reads it itself, once
+        (to merge per-route variables into the file's routes), and passes every value."""
+        if _VALUES_GIVEN.get():
+            return (init_settings,)
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings)
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # ``celery inspect conf`` and Flower show the settings: never a URL's password.
         for name, value in super().__repr_args__():
@@ -239,56 +283,131 @@ class BridgeSettings(BaseSettings):
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> BridgeSettings:
         """Settings from the routes file (``path``, else ``BRIDGE_CONFIG``), then the
-        environment, then ``overrides``. Errors name the file, route and field."""
+        environment, then ``overrides``.
+
+        Routes are the file's (with no file, the built-in ones), changed field by field
+        by ``BRIDGE_ROUTES__<NAME>__<FIELD>`` variables (a name the file lacks adds a
+        route); a whole ``BRIDGE_ROUTES`` (JSON) or ``routes=`` replaces them. Every
+        problem is reported at once, with its field and, for a variable, its name.
+        """
+        env = _environment(cls)
+        env_routes: dict[str, Any] = env.pop("routes", None) or {}
+        given_routes = overrides.pop("routes", None)
+        found = overrides.get("config") or env.get("config")
+        path = Path(path) if path is not None else Path(found) if found else None
+        file_values: dict[str, Any] = read_toml(path, "bridge") if path is not None else {}
+        file_routes = file_values.pop("routes", None)
+        problems = Problems("bridge", path)
+        for key in sorted(set(file_values) - set(cls.model_fields)):
+            problems.add("file", f"{key}: unknown setting")
+            del file_values[key]
+        settings: BridgeSettings | None = None
+        token = _VALUES_GIVEN.set(True)  # read above: not again, routes and all
         try:
-            from_env = cls()
+            settings = cls(**{**file_values, **env, **overrides, "config": path})
         except ValidationError as exc:
-            raise ConfigError(
-                f"invalid bridge settings in the environment:\n{describe_errors(exc)}"
-            ) from None
-        except SettingsError as exc:  # e.g. BRIDGE_ROUTES is not JSON
-            raise ConfigError(f"invalid bridge settings in the environment: {exc}") from None
-        env_values = {k: getattr(from_env, k) for k in from_env.model_fields_set}
-        path = Path(path) if path is not None else overrides.get("config") or from_env.config
-        file_values: dict[str, Any] = read_toml(Path(path), "bridge") if path is not None else {}
-        routes = file_values.pop("routes", None)
-        where = f"in {path}" if path is not None else "given"
-        unknown = set(file_values) - set(cls.model_fields)
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {where}: {', '.join(sorted(unknown))}")
-        try:
-            settings = cls(**{**file_values, **env_values, **overrides, "config": path})
-        except ValidationError as exc:
-            raise ConfigError(f"invalid bridge settings {where}:\n{describe_errors(exc)}") from None
-        if routes is not None:
-            try:
-                file_routes = {name: _route(name, raw) for name, raw in _tables(routes)}
-            except _RouteError as exc:
-                raise ConfigError(f"invalid route {where}:\n{exc}") from None
+            for loc, text in errors_of(exc):
+                field = str(loc[0]) if loc else ""
+                if field in overrides:
+                    problems.add("given", text)
+                elif field in env:
+                    problems.add("env", text, f"BRIDGE_{field.upper()}")
+                else:
+                    problems.add("file" if path else "given", text)
+        finally:
+            _VALUES_GIVEN.reset(token)
+        sources = _RouteSources(env_routes)
+        if given_routes is not None:
+            raw_routes = sources.start(dict(given_routes), "given")
+        elif sources.whole:
+            raw_routes = sources.start(env_routes, "env")
+        elif file_routes is None:
+            url = (
+                settings.emulator_url if settings else str(cls.model_fields["emulator_url"].default)
+            )
+            builtin = {n: r.model_dump(exclude_unset=True) for n, r in default_routes(url).items()}
+            raw_routes = sources.merge(sources.start(builtin, "builtin"))
+        elif not isinstance(file_routes, dict):
+            problems.add("file", "routes: must be a table of [routes.NAME] tables")
+            raw_routes = {}
+        else:
             if not file_routes:
-                raise ConfigError(f"{path} defines no routes: add a [routes.NAME] table")
-            if "routes" not in env_values and "routes" not in overrides:  # those come later
-                settings.routes = file_routes
-        elif not settings.routes:
-            settings.routes = default_routes(settings.emulator_url)
+                problems.add("file", "routes: the file defines no routes: add [routes.NAME]")
+            raw_routes = sources.merge(sources.start(file_routes, "file"))
+        routes: dict[str, RouteConfig] = {}
+        for name, raw in raw_routes.items():
+            try:
+                routes[name] = RouteConfig.model_validate(raw)
+            except ValidationError as exc:
+                for loc, text in errors_of(exc, prefix=f"routes.{name}"):
+                    source, variable = sources.blame(name, str(loc[0]) if loc else "", path)
+                    problems.add(source, text, variable)
+        problems.raise_any()
+        assert settings is not None  # raise_any raised otherwise
+        settings.routes = routes
         return settings
 
 
-class _RouteError(ValueError):
-    pass
+_WHOLE_ROUTES = "BRIDGE_ROUTES"
 
 
-def _tables(routes: Any) -> list[tuple[str, Any]]:
-    if not isinstance(routes, dict):
-        raise _RouteError("  routes: must be a table of [routes.NAME] tables")
-    return list(routes.items())
+class _RouteSources:
+    """Where each route, and each field of it, came from: to merge the environment's
+    per-field variables into the file's routes, and to name the culprit of an error."""
+
+    def __init__(self, env_routes: dict[str, Any]) -> None:
+        self.env_routes = env_routes
+        self.whole = any(v.upper() == _WHOLE_ROUTES for v in os.environ)
+        self.variables: dict[tuple[str, str], str] = {}  # (route, field) -> variable
+        for variable in os.environ:
+            parts = variable.split("__")
+            if len(parts) >= 3 and parts[0].upper() == _WHOLE_ROUTES:
+                self.variables[(parts[1].lower(), parts[2].lower())] = variable
+        self.origin: dict[str, str] = {}
+
+    def start(self, routes: dict[str, Any], origin: str) -> dict[str, Any]:
+        """``routes`` as they are, each from ``origin`` (``file``, ``builtin``, ``env``,
+        ``given``)."""
+        self.origin = dict.fromkeys(routes, origin)
+        return dict(routes)
+
+    def merge(self, routes: dict[str, Any]) -> dict[str, Any]:
+        """``routes`` with the per-field variables applied (a route name matches
+        whatever its case: variables are read case-insensitively)."""
+        merged = dict(routes)
+        for name, fields in self.env_routes.items():
+            same = [n for n in merged if n.lower() == name.lower()]
+            target = name if name in merged else same[0] if len(same) == 1 else name
+            base = merged.get(target)
+            if isinstance(base, dict) and isinstance(fields, dict):
+                merged[target] = {**base, **fields}
+            else:
+                merged[target] = fields
+                self.origin[target] = "env"
+        return merged
+
+    def blame(self, route: str, field: str, path: Path | None) -> tuple[str, str | None]:
+        """The source of an error in ``route``'s ``field``, and the variable to name."""
+        origin = self.origin.get(route, "env")
+        variable = self.variables.get((route.lower(), field))
+        if origin == "given":
+            return "given", None
+        if variable is not None:
+            return "env", variable
+        if origin == "env":
+            if self.whole:
+                return "env", _WHOLE_ROUTES
+            where = path or "the built-in routes"
+            return "env", f"{_WHOLE_ROUTES}__{route.upper()}__*: {where} has no route {route!r}"
+        return ("file" if origin == "file" else "env"), None
 
 
-def _route(name: str, raw: Any) -> RouteConfig:
+def _environment(cls: type[BaseSettings]) -> dict[str, Any]:
+    """The ``BRIDGE_*`` variables' values: tables decoded, nothing validated yet."""
     try:
-        return RouteConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise _RouteError(describe_errors(exc, prefix=f"routes.{name}")) from None
+        return dict(EnvSettingsSource(cls)())
+    except SettingsError as exc:  # e.g. BRIDGE_ROUTES is not JSON
+        raise ConfigError(f"invalid bridge settings in the environment: {exc}") from None
 
 
 def default_routes(emulator_url: str) -> dict[str, RouteConfig]:
