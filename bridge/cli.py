@@ -1,20 +1,63 @@
 """The ``bridge`` command line. Sub-commands import what they need when they run, so
-``bridge --help`` and ``bridge emulator`` start fast."""
+``bridge --help`` and ``bridge emulator`` start fast.
+
+Every expected failure (bad configuration, Redis or a port out of reach, an endpoint's
+error) ends as ``Error: …`` on stderr and exit status 1, in one place: :class:`BridgeCLI`.
+A traceback means a bug.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from bridge import __version__, logs
-from bridge.errors import ConfigError
-from bridge.logs import LOG_FORMATS
+from bridge.commands import log_format_option, log_level_option, why
+from bridge.errors import BridgeError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def expected_failure(exc: BaseException) -> str | None:
+    """What to tell a person about ``exc``, or None when it is a bug (a traceback then).
+
+    Library modules are looked up in ``sys.modules``, not imported: an exception of a
+    library that was never imported cannot be raised.
+    """
+    if isinstance(exc, BridgeError):
+        return str(exc)
+    redis_errors: Any = sys.modules.get("redis.exceptions")
+    if redis_errors is not None and isinstance(exc, redis_errors.RedisError):
+        if isinstance(exc, redis_errors.AuthenticationError):
+            return f"Redis refused our credentials: {exc} (BRIDGE_REDIS_URL)"
+        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
+            return f"cannot reach Redis: {exc} (BRIDGE_REDIS_URL)"
+        return f"Redis refused a command: {exc}"
+    kombu_errors: Any = sys.modules.get("kombu.exceptions")
+    if kombu_errors is not None and isinstance(exc, kombu_errors.OperationalError):
+        return f"cannot reach the broker: {exc} (BRIDGE_BROKER_URL)"
+    if isinstance(exc, OSError):  # a port in use, a file we may not read, ...
+        return str(exc)
+    return None
+
+
+class BridgeCLI(click.Group):
+    """The ``bridge`` group: turns every expected failure of a sub-command into
+    ``Error: …`` and exit status 1 (click prints a ClickException so)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = expected_failure(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
+
+@click.group(cls=BridgeCLI, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bridge")
 def main() -> None:
     """Connect queues (Redis, RabbitMQ, Celery) to serverless GPU endpoints."""
@@ -22,7 +65,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1].")
-@click.option("--port", type=int, default=None, help="Port to listen on [default: 8000].")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port [default: 8000].")
 @click.option(
     "--config",
     "config_path",
@@ -31,14 +74,8 @@ def main() -> None:
     default=None,
     help="TOML file with endpoints, templates and limits (see config/emulator.toml).",
 )
-@click.option("--log-level", default="INFO", show_default=True, help="Python log level.")
-@click.option(
-    "--log-format",
-    type=click.Choice(LOG_FORMATS),
-    default="text",
-    show_default=True,
-    help="Log lines as plain text or one JSON object per line.",
-)
+@log_level_option
+@log_format_option
 def emulator(
     host: str | None,
     port: int | None,
@@ -52,11 +89,8 @@ def emulator(
 
     logs.configure(log_format, log_level)
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    try:
-        settings = EmulatorSettings.load(config_path, **overrides)
-        settings.check_bind()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = EmulatorSettings.load(config_path, **overrides)
+    settings.check_bind()
     for key in settings.api_keys:
         logs.register_secret(key.get_secret_value())
 
@@ -73,7 +107,7 @@ def emulator(
         pass
     except OSError as exc:
         raise click.ClickException(
-            f"cannot listen on {settings.host}:{settings.port}: {exc}"
+            f"cannot listen on {settings.host}:{settings.port}: {why(exc)}"
         ) from None
 
 
@@ -82,12 +116,9 @@ def emulator(
 def demo(port: int) -> None:
     """Start the emulator, Redis (found or private), a worker and beat; tour both doors."""
     from bridge.demo import run_demo
-    from bridge.errors import BridgeError
 
     try:
         run_demo(port=port)
-    except BridgeError as exc:  # the demo's own checks, or a part that could not start
-        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo("interrupted: everything the demo started was stopped", err=True)
         sys.exit(130)

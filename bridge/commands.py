@@ -1,5 +1,6 @@
 """The bridge's operator commands: ``worker``, ``beat``, ``submit``, ``cancel``,
-``health``, ``purge``. Heavy imports happen inside each command."""
+``health``, ``purge``, ``webhooks``, ``dlq``, and the options they share. Heavy imports
+happen inside each command; their failures become ``Error: …`` in :mod:`bridge.cli`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from typing import Any
 
 import click
 
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import ConfigError
+
+MODES = ("poll", "stream", "sync", "webhook")
+"""``bridge.settings.Mode``'s values, here so ``bridge --help`` needs no pydantic."""
 
 config_option = click.option(
     "--config",
@@ -26,20 +30,57 @@ config_option = click.option(
 
 
 def load_settings(config_path: Path | None) -> Any:
+    """The bridge's settings; a ConfigError becomes ``Error: …`` (see bridge.cli)."""
     from bridge.settings import BridgeSettings
 
     if config_path is not None:
         os.environ["BRIDGE_CONFIG"] = str(config_path)  # the Celery app reads it too
-    try:
-        return BridgeSettings.load(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    return BridgeSettings.load(config_path)
 
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _AliasedOption(click.Option):
+    """An option with spellings accepted but not shown in ``--help``."""
+
+    def __init__(self, *args: Any, hidden_aliases: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hidden_aliases = hidden_aliases
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        return " / ".join(f"'{o}'" for o in self.opts if o not in self.hidden_aliases)
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        shown, self.opts = self.opts, [o for o in self.opts if o not in self.hidden_aliases]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = shown
+
+
+log_level_option = click.option(
+    "--log-level",
+    "-l",
+    "--loglevel",  # Celery's spelling, for its users' fingers and scripts
+    "log_level",
+    cls=_AliasedOption,
+    hidden_aliases=("--loglevel",),
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    metavar="LEVEL",
+    default="INFO",
+    envvar="BRIDGE_LOG_LEVEL",
+    show_envvar=True,
+    show_default=True,
+    help=f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]} (any case).",
+)
 
 log_format_option = click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
+    envvar="BRIDGE_LOG_FORMAT",
+    show_envvar=True,
     show_default=True,
     help="Log lines as plain text or one JSON object per line.",
 )
@@ -58,47 +99,74 @@ def setup_logs(settings: Any, log_format: str, level: str, celery: bool = True) 
         logs.configure_celery(log_format)
 
 
-def route_config(settings: Any, name: str) -> Any:
-    """The route ``name``, or a clear error naming the configured ones."""
-    try:
-        return settings.route(name)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+def why(exc: OSError) -> str:
+    """``Address already in use``, not ``[Errno 98] error while attempting to bind …``."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
-@click.command()
+def request_id_argument(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A request id as the envelope takes it (``bridge.ingress.envelope.REQUEST_ID``)."""
+    from bridge.ingress.envelope import REQUEST_ID
+
+    if value is not None and not REQUEST_ID.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r} is not a request id: 1 to 200 of A-Z a-z 0-9 : _ . -", ctx, param
+        )
+    return value
+
+
+class _WorkerCommand(click.Command):
+    """``bridge worker -n w1`` says where Celery's options go instead of just refusing."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            hint = f"Celery's own options go after `--`: bridge worker -- {exc.option_name} …"
+            raise click.NoSuchOption(exc.option_name, f"{exc.message} ({hint})", ctx=ctx) from None
+
+
+@click.command(
+    cls=_WorkerCommand,
+    epilog="Celery's own worker options go after `--`, for example:\n\n\b\n"
+    "  bridge worker -Q bridge-sdxl -- --hostname=gpu1@%h --without-gossip",
+)
 @config_option
 @click.option("--pool", default="threads", show_default=True, help="Celery pool.")
 @click.option("--concurrency", "-c", default=4, show_default=True, help="Celery slots.")
-@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@log_level_option
 @click.option("--queues", "-Q", default=None, help="Queues [default: every route's queue].")
 @click.option(
-    "--metrics-port", type=int, default=None, help="Serve Prometheus metrics [default: off]."
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics [default: off].",
 )
 @log_format_option
-@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- CELERY_ARGS]...")
 def worker(
     config_path: Path | None,
     pool: str,
     concurrency: int,
-    loglevel: str,
+    log_level: str,
     queues: str | None,
     metrics_port: int | None,
     log_format: str,
     celery_args: tuple[str, ...],
 ) -> None:
-    """Run a bridge worker (a Celery worker; extra arguments go to Celery)."""
+    """Run a bridge worker: a Celery worker on every route's queue (arguments after
+    `--` go to Celery's worker)."""
     if metrics_port is not None:
         os.environ["BRIDGE_METRICS_PORT"] = str(metrics_port)  # the Celery app reads it
     settings = load_settings(config_path)
-    setup_logs(settings, log_format, loglevel)
+    setup_logs(settings, log_format, log_level)
     from bridge.worker.app import app
 
     queues = queues or ",".join(
         sorted({settings.default_queue, *(r.queue for r in settings.routes.values())})
     )
     argv = [
-        "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
+        "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={log_level}",
         f"--queues={queues}", "--task-events", *celery_args,
     ]  # fmt: skip
     quiet = ["--quiet"] if log_format == "json" else []  # no banner among the JSON lines
@@ -107,28 +175,40 @@ def worker(
 
 @click.command()
 @config_option
-@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@log_level_option
 @click.option("--schedule", default=None, help="Beat's schedule file [default: a temp file].")
 @log_format_option
-def beat(config_path: Path | None, loglevel: str, schedule: str | None, log_format: str) -> None:
+def beat(config_path: Path | None, log_level: str, schedule: str | None, log_format: str) -> None:
     """Run Celery beat with the health-check and purge schedule built from the routes."""
-    setup_logs(load_settings(config_path), log_format, loglevel)
+    setup_logs(load_settings(config_path), log_format, log_level)
     import tempfile
 
     from bridge.worker.app import app
 
     schedule = schedule or str(Path(tempfile.gettempdir()) / f"bridge-beat-{os.getuid()}")
     quiet = ["--quiet"] if log_format == "json" else []
-    app.start([*quiet, "beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+    app.start([*quiet, "beat", f"--loglevel={log_level}", f"--schedule={schedule}"])
 
 
 @click.command()
 @config_option
 @click.argument("route")
 @click.argument("job_input")
-@click.option("--mode", type=click.Choice(["poll", "stream", "sync", "webhook"]), default=None)
-@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait.")
-@click.option("--id", "request_id", default=None, help="Request id (idempotency key).")
+@click.option("--mode", type=click.Choice(MODES), default=None, help="[default: the route's]")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=300,
+    show_default=True,
+    help="Seconds to wait for the result (the request goes on after).",
+)
+@click.option(
+    "--id",
+    "request_id",
+    default=None,
+    callback=request_id_argument,
+    help="Request id (idempotency key) [default: a new UUID].",
+)
 def submit(
     config_path: Path | None,
     route: str,
@@ -138,6 +218,7 @@ def submit(
     request_id: str | None,
 ) -> None:
     """Send a request through the JSON door and show it until its result."""
+    from bridge.ingress.envelope import json_problem
     from bridge.producer import JsonDoorClient
 
     settings = load_settings(config_path)
@@ -147,8 +228,12 @@ def submit(
         raise click.ClickException(f"JOB_INPUT is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise click.ClickException('JOB_INPUT must be a JSON object, e.g. \'{"prompt": "hi"}\'')
-    route_config(settings, route)  # clear error for an unknown route before sending anything
+    if problem := json_problem(data, settings.max_input_depth):
+        raise click.ClickException(f"JOB_INPUT cannot be sent: {problem}")
+    settings.route(route)  # an unknown route: an error before anything is sent
     client = JsonDoorClient(settings)
+    if why := client.nobody_reading():
+        click.echo(f"Warning: {why}; the request waits in the stream until one reads it", err=True)
     request_id = request_id or str(uuid.uuid4())
     status = client.submit_and_show(route, data, mode=mode, timeout=timeout, request_id=request_id)
     sys.exit(0 if status == "COMPLETED" else 1)
@@ -156,7 +241,7 @@ def submit(
 
 @click.command()
 @config_option
-@click.argument("request_id")
+@click.argument("request_id", callback=request_id_argument)
 def cancel(config_path: Path | None, request_id: str) -> None:
     """Cancel a request (its GPU job too); exit 0 when the request was found."""
     from bridge.producer import JsonDoorClient
@@ -175,7 +260,8 @@ def cancel(config_path: Path | None, request_id: str) -> None:
 @click.argument("route", required=False)
 @click.option("--live", is_flag=True, help="Ask the endpoints now instead of the snapshots.")
 def health(config_path: Path | None, route: str | None, live: bool) -> None:
-    """Show endpoint health per route (the last beat snapshots, or --live)."""
+    """Show endpoint health per route (the last beat snapshots, or --live); with --live,
+    exit 1 when no endpoint answers."""
     from rich.console import Console
     from rich.table import Table
 
@@ -184,21 +270,20 @@ def health(config_path: Path | None, route: str | None, live: bool) -> None:
     settings = load_settings(config_path)
     names = [route] if route else sorted(settings.routes)
     for name in names:
-        route_config(settings, name)
+        settings.route(name)
     client = JsonDoorClient(settings)
     table = Table("route", "endpoint", "age", "in queue", "in progress", "done", "failed",
                   "workers (idle/running)", "breaker", "warnings")  # fmt: skip
+    breakers = _Breakers(client, tolerant=live)  # --live needs no Redis to ask endpoints
+    unreachable: list[str] = []
     for name in names:
-        try:
-            snap = client.health(name, live=live)
-        except ConfigError as exc:  # --live: no API key for the route
-            raise click.ClickException(str(exc)) from None
+        endpoint_id = settings.routes[name].endpoint_id
+        snap = client.health(name, live=live)
         if snap is None:
-            breaker = client.breaker(settings.routes[name].endpoint_id)
-            table.add_row(
-                name, settings.routes[name].endpoint_id, "-", *["-"] * 5, breaker, "no snapshot"
-            )
+            table.add_row(name, endpoint_id, "-", *["-"] * 5, breakers(endpoint_id), "no snapshot")
             continue
+        if live and not snap.get("ok"):
+            unreachable.append(f"{name} ({endpoint_id}): {snap.get('error')}")
         jobs = (snap.get("health") or {}).get("jobs") or {}
         workers = (snap.get("health") or {}).get("workers") or {}
         age = f"{time.time() - snap['at']:.0f}s"
@@ -207,9 +292,35 @@ def health(config_path: Path | None, route: str | None, live: bool) -> None:
             name, snap["endpoint_id"], age, *(str(jobs.get(k, "-")) for k in
             ("inQueue", "inProgress", "completed", "failed")),
             f"{workers.get('idle', '-')}/{workers.get('running', '-')}",
-            client.breaker(snap["endpoint_id"]), warnings,
+            breakers(endpoint_id), warnings,
         )  # fmt: skip
     Console().print(table)
+    if breakers.problem:
+        click.echo(f"Warning: breaker states unknown: {breakers.problem}", err=True)
+    if live and len(unreachable) == len(names):
+        raise click.ClickException("no endpoint answered:\n  " + "\n  ".join(unreachable))
+
+
+class _Breakers:
+    """Each endpoint's breaker state; ``tolerant``: ``?`` when Redis cannot say."""
+
+    def __init__(self, client: Any, tolerant: bool) -> None:
+        self.client = client
+        self.tolerant = tolerant
+        self.problem = ""
+
+    def __call__(self, endpoint_id: str) -> str:
+        if self.problem:
+            return "?"
+        import redis
+
+        try:
+            return str(self.client.breaker(endpoint_id))
+        except redis.RedisError as exc:
+            if not self.tolerant:
+                raise
+            self.problem = f"cannot reach Redis: {exc}"
+            return "?"
 
 
 @click.command()
@@ -221,24 +332,26 @@ def purge(config_path: Path | None, route: str, yes: bool) -> None:
     from bridge.producer import JsonDoorClient
 
     settings = load_settings(config_path)
-    config = route_config(settings, route)
+    config = settings.route(route)
     if not yes:
         click.confirm(
             f"Purge every queued job of endpoint {config.endpoint_id!r} (route {route})?",
             abort=True,
         )
-    try:
-        result = JsonDoorClient(settings).purge(route)
-    except BridgeError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = JsonDoorClient(settings).purge(route)
     click.echo(f"purged {result.get('removed', 0)} queued job(s) of {config.endpoint_id}")
 
 
 @click.command()
 @config_option
 @click.option("--host", default=None, help="Address [default: BRIDGE_WEBHOOK_HOST, 127.0.0.1].")
-@click.option("--port", type=int, default=None, help="Port [default: BRIDGE_WEBHOOK_PORT, 8081].")
-@click.option("--log-level", default="INFO", show_default=True, help="Python log level.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port [default: BRIDGE_WEBHOOK_PORT, 8081].",
+)
+@log_level_option
 @log_format_option
 def webhooks(
     config_path: Path | None, host: str | None, port: int | None, log_level: str, log_format: str
@@ -260,10 +373,14 @@ def webhooks(
     async def serve() -> None:
         redis = Redis.from_url(settings.redis_url)
         runner = web.AppRunner(create_receiver(redis, keys_for(settings)), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        click.echo(f"webhook receiver listening on http://{host}:{port}/webhook/")
         try:
+            await redis.ping()  # useless without Redis: say so now, not at the first webhook
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, host, port).start()
+            except OSError as exc:
+                raise click.ClickException(f"cannot listen on {host}:{port}: {why(exc)}") from None
+            click.echo(f"webhook receiver listening on http://{host}:{port}/webhook/")
             await asyncio.Event().wait()
         finally:
             await runner.cleanup()
@@ -278,10 +395,29 @@ def dlq() -> None:
     """The dead-letter stream: requests that were refused or could not be submitted."""
 
 
+def entry_id_argument(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """An id Redis can look up: XRANGE refuses any other with an error of its own. Not
+    a usage error (exit 2) but "no such dead letter" (exit 1), as for an unknown id."""
+    from bridge.dlq import ENTRY_ID
+
+    if value is not None and not ENTRY_ID.fullmatch(value):
+        raise click.ClickException(
+            f"no dead letter {value!r}: not an entry id (like 1700000000000-0; "
+            "`bridge dlq list` shows them)"
+        )
+    return value
+
+
 @dlq.command("list")
 @config_option
 @click.option("--route", default=None, help="Only this route's entries.")
-@click.option("--limit", default=50, show_default=True, help="The newest N (0: all).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="The newest N (0: all).",
+)
 def dlq_list(config_path: Path | None, route: str | None, limit: int) -> None:
     """Show dead letters, newest last."""
     from rich.console import Console
@@ -300,7 +436,7 @@ def dlq_list(config_path: Path | None, route: str | None, limit: int) -> None:
 
 @dlq.command("replay")
 @config_option
-@click.argument("entry_id", required=False)
+@click.argument("entry_id", required=False, callback=entry_id_argument)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every replayable entry.")
 @click.option("--route", default=None, help="With --all: only this route's entries.")
 def dlq_replay(
@@ -314,7 +450,7 @@ def dlq_replay(
     letters = DeadLetters(load_settings(config_path))
     chosen = letters.list(route, limit=0) if replay_all else [letters.get(str(entry_id))]
     if chosen == [None]:
-        raise click.ClickException(f"no dead letter {entry_id}")
+        raise click.ClickException(f"no dead letter {entry_id} (`bridge dlq list` shows them)")
     replayed = skipped = 0
     for letter in chosen:
         assert letter is not None

@@ -10,6 +10,7 @@ of its final reply: replay reopens that record, and only while it still holds th
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,9 @@ from bridge.core.keys import keys_for
 from bridge.core.ledger import RELEASE_FOR_REPLAY
 from bridge.core.scripts import text
 from bridge.settings import BridgeSettings
+
+ENTRY_ID = re.compile(r"^[0-9]{1,20}(-[0-9]{1,20})?$")
+"""A Redis stream entry id (``<ms>-<seq>``, or ``<ms>``): XRANGE refuses anything else."""
 
 _ENVELOPE_FIELDS = ("route", "input", "reply_to", "mode", "policy", "webhook", "deadline_s")
 

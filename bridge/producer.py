@@ -17,8 +17,13 @@ import bridge.runpod as runpod
 from bridge.core.breaker import BreakerState
 from bridge.core.keys import keys_for
 from bridge.core.ledger import cancel_sync
-from bridge.errors import RunpodError
+from bridge.errors import ConfigError, RunpodError
 from bridge.settings import BridgeSettings
+
+READER_IDLE_S = 60.0
+"""A consumer of the request stream silent this long is taken for gone: a live JSON door
+blocks at most a second per read and reads again at once (dead workers' consumers stay
+in the group under their host:pid names until someone deletes them)."""
 
 
 class JsonDoorClient:
@@ -45,6 +50,24 @@ class JsonDoorClient:
         envelope.update({k: v for k, v in options.items() if v is not None})
         self.redis.xadd(self.keys.requests_stream, {"payload": json.dumps(envelope)})
         return request_id, reply_to
+
+    def nobody_reading(self) -> str | None:
+        """Why no worker may be reading the request stream now (None: one read it within
+        :data:`READER_IDLE_S`), from XINFO GROUPS and XINFO CONSUMERS."""
+        stream, group = self.keys.requests_stream, self.settings.consumer_group
+        try:
+            groups: Any = self.redis.xinfo_groups(stream)
+        except redis.ResponseError:  # no such key: nothing ever read or wrote the stream
+            groups = []
+        if not any(_text(g.get("name")) == group for g in groups):
+            return f"no worker has ever read {stream} (it has no consumer group {group!r})"
+        consumers: Any = self.redis.xinfo_consumers(stream, group)
+        if not consumers:
+            return f"no worker is reading {stream} (consumer group {group!r} has no consumers)"
+        idle_s = min(int(c.get("idle", 0)) for c in consumers) / 1000
+        if idle_s > READER_IDLE_S:
+            return f"no worker has read {stream} for {idle_s:.0f}s"
+        return None
 
     def replies(self, reply_to: str, timeout: float) -> Iterator[dict[str, Any]]:
         """Yield replies (chunks, then the result) as they arrive, until the result or
@@ -122,7 +145,9 @@ class JsonDoorClient:
                 health = self._endpoint(route).health(timeout=10)
                 snapshot.update(ok=True, health=health, warnings=[])
             except RunpodError as exc:
-                snapshot.update(ok=False, error=str(exc), warnings=["endpoint unreachable"])
+                snapshot.update(ok=False, error=str(exc), warnings=[f"unreachable: {exc}"])
+            except ConfigError as exc:  # no API key for this route: the others are asked
+                snapshot.update(ok=False, error=str(exc), warnings=[f"not asked: {exc}"])
             snapshot["at"] = time.time()
             return snapshot
         raw = self.redis.get(self.keys.health(route))
@@ -146,3 +171,7 @@ class JsonDoorClient:
             api_key=config.api_key().get_secret_value(),
             base_url=config.base_url,
         )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
