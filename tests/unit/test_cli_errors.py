@@ -2,7 +2,7 @@
 failure is ``Error: …`` and exit 1, a bug keeps its traceback; ``submit``, ``cancel``
 and ``dlq replay`` refuse bad arguments before touching Redis; every long-running command
 spells the log options the same way. (The same misuses, run as an operator would in a
-subprocess, are in tests/integration/cli/test_cli_errors.py.)"""
+subprocess, are in tests/integration/cli/test_cli_misuse.py.)"""
 
 from __future__ import annotations
 
