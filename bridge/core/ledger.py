@@ -51,10 +51,25 @@ if state == 'tombstone' then
   redis.call('HSET', req, 'cancel', '1')
   return {'new', 'accepted', '1', reply_to}
 end
+if grant == '1' then  -- the claimer sends it now: the first submission's grant too
+  redis.call('HSET', req, 'state', 'submitting', 'submissions', 1)
+  return {'new', 'submitting', '0', reply_to}
+end
 return {'new', 'accepted', '0', reply_to}
 """,
     keys=("req", "inflight", "alias", "task_req"),
-    args=("route", "request", "created", "owner", "ttl", "id", "task_id", "token", "reply_to"),
+    args=(
+        "route",
+        "request",
+        "created",
+        "owner",
+        "ttl",
+        "id",
+        "task_id",
+        "token",
+        "reply_to",
+        "grant",
+    ),
 )
 
 SUBMITTING = NamedScript(
@@ -356,10 +371,14 @@ class Ledger:
         self._reopen = REOPEN.bind(redis)
         self._push_reply = PUSH_REPLY.bind(redis)
 
-    async def claim(self, request: Request, owner: str, *, token: str = "") -> Claim:
+    async def claim(
+        self, request: Request, owner: str, *, token: str = "", grant: bool = False
+    ) -> Claim:
         """Record a request before anything is sent. A known id is ``SAME`` (the same
         request again) or ``CONFLICT``; a Celery task id that differs from the request
-        id is kept as an alias (for revoke)."""
+        id is kept as an alias (for revoke). With ``grant`` a new request (not cancelled)
+        is recorded ``submitting`` at once: one script instead of two when its route has
+        a free slot (:attr:`Claim.state` says which)."""
         task_id = request.task_id or ""
         k = self.keys
         kind, state, cancel, reply_to = await self._claim(
@@ -376,6 +395,7 @@ class Ledger:
             task_id=task_id,
             token=token,
             reply_to=request.reply_to or "",
+            grant="1" if grant else "0",
         )
         return Claim(ClaimKind(text(kind)), text(state), text(cancel) == "1", text(reply_to))
 

@@ -312,6 +312,8 @@ class Start:
     job_id: str | None = None
     submissions: int = 0
     """The ledger's count of POSTs started by processes before this one."""
+    granted: bool = False
+    """The claim already took the right to POST ``/run`` (phase ``submitting``)."""
     deadline: float | None = None
     """Wall-clock time after which the job is cancelled and the request ``TIMED_OUT``."""
 
@@ -371,6 +373,7 @@ def lifecycle(
     submits, follows or already finished it).
     """
     state = _State(start.phase, start.job_id, start.submissions)
+    state.holds_grant = start.granted and start.phase is Phase.SUBMITTING
     while True:
         try:
             if state.reload:

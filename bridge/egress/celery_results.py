@@ -6,9 +6,11 @@ chain and links (see ``Continuation``), and this module does what Celery's trace
 have done once the GPU job ends: store the result (or a typed error) under the task id,
 then start the next step of the chain with the output.
 
-Celery's backend and broker clients are blocking, so every call runs in one dedicated
-thread, which also keeps a request's writes in order (no late progress state can
-overwrite a final one).
+With a Redis result backend, states and results are written from the event loop by the
+asyncio Redis client, in Celery's own format (one ``SET`` and ``PUBLISH`` pipeline, which
+wakes ``AsyncResult.get()`` through the backend's pub/sub); a progress state never
+overwrites a final one (a small script checks). Other backends, and the broker (a chain's
+next task), are blocking: those calls run in one dedicated thread, in order.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery, states
+from celery.backends.redis import RedisBackend
 from celery.canvas import signature
+from redis.asyncio import Redis
 
 from bridge.core.model import (
     CANCELLED,
@@ -30,6 +34,7 @@ from bridge.core.model import (
     Continuation,
     Outcome,
 )
+from bridge.core.scripts import NamedScript
 from bridge.errors import (
     JobCancelled,
     JobError,
@@ -63,11 +68,53 @@ def to_exception(outcome: Outcome, request_id: str, endpoint_id: str | None) -> 
     return cls(message, outcome.status, endpoint_id, outcome.job_id, outcome.error)
 
 
-class CeleryResults:
-    """Writes states and results to the Celery result backend and continues canvases."""
+PROGRESS = NamedScript(
+    """
+local current = redis.call('GET', key)
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and (meta['status'] == 'SUCCESS'
+      or meta['status'] == 'FAILURE' or meta['status'] == 'REVOKED') then
+    return 0
+  end
+end
+if tonumber(expires) > 0 then
+  redis.call('SET', key, value, 'EX', expires)
+else
+  redis.call('SET', key, value)
+end
+redis.call('PUBLISH', key, value)
+return 1
+""",
+    keys=("key",),
+    args=("value", "expires"),
+)
+"""An in-flight state, written unless the task already has its final one."""
 
-    def __init__(self, app: Celery) -> None:
+
+def fast_backend(app: Celery) -> Redis | None:
+    """An asyncio client on the app's result backend when it is plain Redis (not
+    Sentinel, not another backend): the one the fast path writes with."""
+    backend = app.backend
+    url = str(app.conf.result_backend or "")
+    if type(backend) is not RedisBackend or not url.startswith(("redis://", "rediss://")):
+        return None
+    return Redis.from_url(url)
+
+
+class CeleryResults:
+    """Writes states and results to the Celery result backend and continues canvases.
+
+    Args:
+        app: the Celery app.
+        redis: an asyncio client on the result backend (see :func:`fast_backend`); None
+            to write everything through Celery's blocking backend.
+    """
+
+    def __init__(self, app: Celery, redis: Redis | None = None) -> None:
         self.app = app
+        self.redis = redis
+        self._progress = PROGRESS.bind(redis) if redis is not None else None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-celery")
 
     async def _call(self, func: Any, *args: Any) -> Any:
@@ -75,16 +122,52 @@ class CeleryResults:
 
     async def progress(self, task_id: str, state: str, meta: dict[str, Any]) -> None:
         """Show an in-flight state (``IN_QUEUE``, ``IN_PROGRESS``) and its job id."""
-        await self._call(self._store_state, task_id, state, meta)
+        if self._progress is not None:
+            key, value, expires = self._encoded(task_id, meta, state)
+            await self._progress(key=key, value=value, expires=expires)
+        else:
+            await self._call(self._store_state, task_id, state, meta)
 
     async def finish(
         self, continuation: Continuation, outcome: Outcome, request_id: str, endpoint_id: str
     ) -> None:
         """Store the final result and run what follows it in the canvas."""
-        await self._call(self._finish, continuation, outcome, request_id, endpoint_id)
+        cont = continuation
+        follows = cont.callbacks or cont.chain or cont.errbacks
+        if self.redis is None or follows:
+            await self._call(self._finish, cont, outcome, request_id, endpoint_id)
+            return
+        if outcome.status == COMPLETED:
+            key, value, expires = self._encoded(cont.task_id, outcome.output, states.SUCCESS)
+        else:
+            exc = to_exception(outcome, request_id, endpoint_id)
+            key, value, expires = self._encoded(cont.task_id, exc, states.FAILURE)
+        pipe = self.redis.pipeline(transaction=False)
+        if expires:
+            pipe.set(key, value, ex=expires)
+        else:
+            pipe.set(key, value)
+        pipe.publish(key, value)
+        await pipe.execute()
 
-    def close(self) -> None:
-        self._thread.shutdown(wait=True)
+    def _encoded(self, task_id: str, result: Any, state: str) -> tuple[str, Any, int]:
+        """What Celery's Redis backend would write: its key, value and expiry."""
+        backend = self.app.backend
+        meta = backend._get_result_meta(
+            result=backend.encode_result(result, state), state=state, traceback=None,
+            request=None,
+        )  # fmt: skip
+        meta["task_id"] = task_id
+        key = backend.get_key_for_task(task_id)
+        expires = backend.expires
+        return (key.decode() if isinstance(key, bytes) else key, backend.encode(meta),
+                int(expires.total_seconds() if hasattr(expires, "total_seconds")
+                    else expires or 0))  # fmt: skip
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown, True)
+        if self.redis is not None:
+            await self.redis.aclose()
 
     def _store_state(self, task_id: str, state: str, meta: dict[str, Any]) -> None:
         try:

@@ -40,7 +40,7 @@ class Admission:
 
     def __init__(self, settings: BridgeSettings) -> None:
         self.settings = settings
-        self.max_bytes = max(r.max_payload_bytes for r in settings.routes.values())
+        self.max_bytes = max((r.max_payload_bytes for r in settings.routes.values()), default=0)
 
     # -- the JSON door ----------------------------------------------------------------------
 

@@ -171,9 +171,9 @@ def _start_or_exit(celery: Celery | None) -> None:
     what a signal handler raises, so the process exits here, non-zero."""
     try:
         Runtime.get(celery)
-    except (ConfigError, OSError, TimeoutError, RedisError) as exc:
-        message = f"bridge worker cannot start: {exc}"
-        log.critical(message)
+    except Exception as exc:  # whatever it is, a worker that cannot serve must stop
+        message = f"bridge worker cannot start: {type(exc).__name__}: {exc}"
+        log.critical(message, exc_info=not isinstance(exc, ConfigError | OSError | RedisError))
         print(message, file=sys.stderr, flush=True)
         os._exit(3)
 

@@ -30,7 +30,7 @@ from bridge.core.keys import Keys, keys_for
 from bridge.core.leases import Leases
 from bridge.core.ledger import Ledger
 from bridge.core.model import Admitted, Continuation, Refusal, Request
-from bridge.egress.celery_results import CeleryResults
+from bridge.egress.celery_results import CeleryResults, fast_backend
 from bridge.egress.delivery import Egress
 from bridge.ingress.admission import Admission
 from bridge.ingress.json_door import JsonDoor
@@ -95,7 +95,11 @@ class BridgeService:
             name: RouteRuntime(name, config, self.session, hooks, rules_for(settings, config))
             for name, config in settings.routes.items()
         }
-        self.results = CeleryResults(self.celery_app) if self.celery_app else None
+        self.results = (
+            CeleryResults(self.celery_app, fast_backend(self.celery_app))
+            if self.celery_app
+            else None
+        )
         self.egress = Egress(self.redis, settings, keys, self.ledger, self.results)
         self.tracker = Tracker(
             settings, self.ledger, self.egress, self.breakers, routes,
@@ -141,7 +145,7 @@ class BridgeService:
         await self.session.close()
         await self.redis.aclose()
         if self.results is not None:
-            self.results.close()
+            await self.results.aclose()
 
     def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run a long-lived loop; should it ever die, log why and start it again."""

@@ -165,7 +165,9 @@ class Tracker:
         if await self.breaker_wait(route.config.endpoint_id) > 0:
             return Admitted.DEFERRED
         token = secrets.token_urlsafe(24) if request.mode == "webhook" else ""
-        claim = await self.ledger.claim(request, self.owner, token=token)
+        # A free slot: take the first submission's grant with the claim (one script).
+        free = route.in_flight + route.waiting < route.config.max_in_flight
+        claim = await self.ledger.claim(request, self.owner, token=token, grant=free)
         metrics.REQUESTS.labels(request.door, request.route).inc()
         if claim.kind is ClaimKind.SAME:
             metrics.DEDUP.labels(request.door).inc()
@@ -175,7 +177,13 @@ class Tracker:
             return Admitted.CONFLICT_UNANSWERED if same_list else Admitted.CONFLICT
         tracked = Tracked(request, token=token)
         tracked.signals.cancel = claim.cancel_requested
-        start = lc.Start(self.owner, deadline=_deadline(request))
+        granted = claim.state == lc.Phase.SUBMITTING
+        start = lc.Start(
+            self.owner,
+            lc.Phase.SUBMITTING if granted else lc.Phase.ACCEPTED,
+            granted=granted,
+            deadline=_deadline(request),
+        )
         self._start(tracked, start)
         return Admitted.CANCELLED if claim.cancel_requested else Admitted.ACCEPTED
 
@@ -216,6 +224,7 @@ class Tracker:
 
     def _start(self, tracked: Tracked, start: lc.Start) -> None:
         self.active[tracked.request.id] = tracked
+        self.routes[tracked.request.route].waiting += 1  # until _run has its slot
         self.idle.clear()
         tracked.task = asyncio.create_task(
             self._run(tracked, start), name=f"request-{tracked.request.id}"
@@ -275,7 +284,6 @@ class Tracker:
         bind(request_id=request.id, task_id=request.task_id, route=request.route,
              job_id=start.job_id)  # fmt: skip
         try:
-            route.waiting += 1
             try:
                 await route.slots.acquire()
             finally:

@@ -263,3 +263,49 @@ async def test_the_cancel_script_takes_its_arguments_by_name(redis: Redis, keys:
     assert arguments["req"] == keys.request("r9")
     assert arguments["alias"] == keys.task("r9")
     assert arguments["channel"] == keys.cancel_channel
+
+
+async def test_a_busy_budget_takes_slots_ahead_and_never_exceeds_its_limit(
+    redis: Redis, keys: Keys
+) -> None:
+    now = [0.0]
+    waits: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        raise asyncio.CancelledError
+
+    limit = Limit(1000, 10.0)  # 900 slots, taken 9 at a time
+    budgets = Budgets(redis, {"ep": {"run": limit}}, keys, sleep=fake_sleep,
+                      clock=lambda: now[0])  # fmt: skip
+    for _ in range(limit.slots):
+        assert await budgets.acquire("ep", "run") == 0.0
+    assert budgets.calls == limit.slots // limit.chunk == 100
+    assert await redis.zcard(keys.budget("ep", "run")) == limit.slots
+    with pytest.raises(asyncio.CancelledError):
+        await budgets.acquire("ep", "run")
+    assert waits  # the 901st waits: never more than the budget
+
+
+async def test_slots_taken_ahead_expire_unused(redis: Redis, keys: Keys) -> None:
+    now = [0.0]
+    budgets = Budgets(redis, {"ep": {"status": Limit(2000, 10.0)}}, keys,
+                      clock=lambda: now[0])  # fmt: skip
+    await budgets.acquire("ep", "status")
+    now[0] += 5.0  # the slots taken with it are too old to be used now
+    await budgets.acquire("ep", "status")
+    assert budgets.calls == 2
+
+
+async def test_a_claim_may_take_the_first_grant_unless_a_cancel_came_first(
+    redis: Redis, keys: Keys
+) -> None:
+    ledger = Ledger(redis, keys)
+    claim = await ledger.claim(request("g1"), "w1", grant=True)
+    assert (claim.kind, claim.state) == (ClaimKind.NEW, "submitting")
+    record = await ledger.get("g1")
+    assert (record.state, record.submissions) == ("submitting", 1)
+    assert (await ledger.mark_submitting("g1", "w2")).granted is False
+    await ledger.request_cancel("g2")
+    cancelled = await ledger.claim(request("g2"), "w1", grant=True)
+    assert (cancelled.state, cancelled.cancel_requested) == ("accepted", True)

@@ -462,3 +462,13 @@ def _check_promises(world: World, outcome: Outcome) -> None:
         assert world.cancels_sent_after_job >= 1  # the cancel reached the GPU
     if outcome.status == COMPLETED:
         assert world.jobs_created >= 1
+
+
+def test_a_claim_that_took_the_grant_submits_without_asking_again() -> None:
+    world = World(phase="submitting", submissions=1)
+    outcome = world.run(lc.Start(ME, lc.Phase.SUBMITTING, granted=True))
+    assert outcome is not None
+    assert outcome.status == COMPLETED
+    assert outcome.submissions == 1
+    assert "MarkSubmitting" not in world.kinds()
+    assert "Reopen" not in world.kinds()  # its own grant: nothing ambiguous
