@@ -36,9 +36,12 @@ redis.call('ZREMRANGEBYSCORE', budget, '-inf', now - window)
 local free = limit - redis.call('ZCARD', budget)
 if free > 0 then
   local granted = math.min(free, wanted)
+  local members = {}
   for i = 1, granted do
-    redis.call('ZADD', budget, now, now .. ':' .. token .. ':' .. i)
+    members[#members + 1] = now
+    members[#members + 1] = now .. ':' .. token .. ':' .. i
   end
+  redis.call('ZADD', budget, unpack(members))
   redis.call('PEXPIRE', budget, math.ceil(window / 1000) + 1000)
   return {granted, 0}
 end
@@ -69,9 +72,9 @@ class Limit:
 
     @property
     def chunk(self) -> int:
-        """Slots one Lua call takes ahead (1 % of the budget): a busy process asks Redis
-        once per this many requests, not once per request."""
-        return max(1, self.slots // 100)
+        """Slots one Lua call takes ahead (1 % of the budget, at most 16): a busy process
+        asks Redis once per this many requests, not once per request."""
+        return max(1, min(16, self.slots // 100))
 
     @property
     def span_us(self) -> int:
