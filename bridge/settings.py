@@ -140,6 +140,13 @@ class RouteConfig(BaseModel):
         self.budgets = {**RUNPOD_BUDGETS, **self.budgets}
         if self.purge_crontab is not None and len(self.purge_crontab.split()) != 5:
             raise ValueError("purge_crontab must have 5 fields: minute hour day month weekday")
+        per_purge = self.budget_window_s / max(1, self.budgets["purge-queue"])
+        if self.purge_every_s is not None and self.purge_every_s < per_purge:
+            raise ValueError(
+                f"purge_every_s {self.purge_every_s:g} is shorter than the purge budget "
+                f"allows ({self.budgets['purge-queue']} per {self.budget_window_s:g} s: "
+                f"at least {per_purge:g} s)"
+            )
         return self
 
     def api_key(self) -> SecretStr:

@@ -151,6 +151,22 @@ class Budgets:
                 waited += pause
                 await self._sleep(pause)
 
+    async def try_acquire(self, endpoint_id: str, operation: str) -> bool:
+        """Take one slot now if there is one (never waits): for work that is better
+        skipped than late (a scheduled purge)."""
+        limit = self.limits.get(endpoint_id, {}).get(operation)
+        if limit is None:
+            return True
+        self.calls += 1
+        granted, _ = await self._take(
+            budget=self.keys.budget(endpoint_id, operation),
+            limit=limit.slots,
+            window_us=limit.span_us,
+            wanted=1,
+            token=random.getrandbits(48),
+        )
+        return int(granted) > 0
+
     async def _before(self, request: WireRequest) -> None:
         await self.acquire(request.endpoint_id, request.op)
 

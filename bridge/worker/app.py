@@ -17,11 +17,14 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery, signals
+from celery.app.control import Control
 from celery.schedules import crontab
 from redis import Redis
 from redis.exceptions import RedisError
 
 from bridge.core import metrics
+from bridge.core.keys import keys_for
+from bridge.core.ledger import cancel_sync
 from bridge.errors import ConfigError
 from bridge.settings import BridgeSettings
 from bridge.worker.runtime import LoopThread
@@ -75,10 +78,40 @@ def beat_schedule(settings: BridgeSettings) -> dict[str, dict[str, Any]]:
     return schedule
 
 
+def record_cancels(settings: BridgeSettings, ids: list[str]) -> None:
+    """Record a cancel in the ledger for each request (or Celery task) id: the request
+    is answered CANCELLED, and its job cancelled, whenever it arrives or wherever it is."""
+    keys = keys_for(settings)
+    try:
+        client = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        try:
+            for one in ids:
+                cancel_sync(client, keys, one)
+        finally:
+            client.close()
+    except RedisError:
+        log.exception("a cancel could not reach the bridge's Redis; the job may go on")
+
+
+class BridgeControl(Control):  # type: ignore[misc]  # Celery is untyped
+    """``app.control`` of the bridge's app: a revoke is recorded in the ledger before it
+    is broadcast, so it holds even while no worker runs to hear the broadcast."""
+
+    def revoke(self, task_id: Any, destination: Any = None, terminate: bool = False,
+               signal: str = "SIGTERM", **kwargs: Any) -> Any:  # fmt: skip
+        ids = [str(i) for i in (task_id if isinstance(task_id, list | tuple | set) else
+                                [task_id])]  # fmt: skip
+        record_cancels(self.app.conf.bridge_settings, ids)
+        return super().revoke(task_id, destination=destination, terminate=terminate,
+                              signal=signal, **kwargs)  # fmt: skip
+
+
 def create_app(settings: BridgeSettings | None = None) -> Celery:
     """Build the Celery app for ``settings`` (loaded from the environment if omitted)."""
     settings = settings or BridgeSettings.load()
-    celery = Celery("bridge", broker=settings.broker, backend=settings.backend)
+    celery = Celery(
+        "bridge", broker=settings.broker, backend=settings.backend, control=BridgeControl
+    )
     queues = {name: route.queue for name, route in settings.routes.items()}
 
     def route_task(name: str, args: Any, kwargs: Any, options: Any, **_: Any) -> Any:

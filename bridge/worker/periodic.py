@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from bridge.core import metrics
 from bridge.core.breaker import Breakers
+from bridge.core.budget import Budgets
 from bridge.core.keys import HEALTH_TTL_FACTOR, Keys
 from bridge.errors import RunpodError
 from bridge.runpod import AsyncioEndpoint
@@ -27,6 +28,8 @@ class Periodic:
         breakers: fed by health checks (a dead endpoint opens its breaker).
         endpoints: each route's endpoint client (without long polls).
         intervals: each route's health interval (snapshots live ten of them).
+        budgets: the shared request budgets; a purge takes its slot without waiting.
+        purgers: each route's endpoint client for purges (without the budget hook).
     """
 
     def __init__(
@@ -36,12 +39,16 @@ class Periodic:
         breakers: Breakers,
         endpoints: dict[str, AsyncioEndpoint],
         intervals: dict[str, float],
+        budgets: Budgets,
+        purgers: dict[str, AsyncioEndpoint],
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.breakers = breakers
         self.endpoints = endpoints
         self.intervals = intervals
+        self.budgets = budgets
+        self.purgers = purgers
 
     async def check_health(self, route: str) -> dict[str, Any]:
         """Read ``/health``, store a snapshot with its time, log what needs attention."""
@@ -71,8 +78,14 @@ class Periodic:
 
     async def purge(self, route: str) -> dict[str, Any]:
         """``/purge-queue``; then every request of ours on that route re-reads its job,
-        so each purged one gets its final reply (CANCELLED, reason ``purged``)."""
-        result = await self.endpoints[route].purge_queue(timeout=10)
+        so each purged one gets its final reply (CANCELLED, reason ``purged``). When the
+        purge budget (RunPod: 2 per 10 s) has no slot now, the purge is skipped, not
+        waited for: a scheduled purge late is worth nothing, and waiting holds a slot."""
+        endpoint = self.purgers[route]
+        if not await self.budgets.try_acquire(endpoint.endpoint_id, "purge-queue"):
+            log.warning("route %s: purge skipped: its budget has no slot now", route)
+            return {"skipped": "budget"}
+        result = await endpoint.purge_queue(timeout=10)
         await self.redis.publish(self.keys.purge_channel, route)
         log.info("route %s: purged %s queued job(s)", route, result.get("removed"))
         return result

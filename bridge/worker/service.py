@@ -109,6 +109,7 @@ class BridgeService:
             self.redis, keys, self.breakers,
             {name: r.plain for name, r in routes.items()},
             {name: r.config.health_interval_s or 0.0 for name, r in routes.items()},
+            self.budgets, {name: r.purger for name, r in routes.items()},
         )  # fmt: skip
         self.leases = Leases(self.redis, keys, self.owner, ttl_s=settings.lease_ttl_s,
                              routes=list(settings.routes))  # fmt: skip

@@ -13,18 +13,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from celery import Task, shared_task
 from celery.worker import control
+from celery.worker.control import _find_requests_by_id
 from celery.worker.request import Request as CeleryRequest
 from celery.worker.state import revoked as revoked_tasks
 
-from bridge.core.keys import keys_for
-from bridge.core.ledger import cancel_sync
 from bridge.core.model import Admitted, Continuation, Refusal
 from bridge.ingress.admission import TASK_ARGUMENTS
-from bridge.settings import BridgeSettings
-from bridge.worker.app import Runtime
+from bridge.worker.app import Runtime, record_cancels
 
 log = logging.getLogger("bridge.tasks")
 
@@ -109,22 +106,17 @@ _celery_revoke = control.Panel.data["revoke"]
     signature="[id1 [id2 [... [idN]]]]",
 )
 def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **kw: Any) -> Any:
-    """Celery's revoke, plus: record a cancel for the task's request in the ledger (and
-    so its job), whether the request has arrived yet or not."""
-    reply = _celery_revoke(state, task_id, terminate=terminate, signal=signal, **kw)
-    ids = task_id if isinstance(task_id, list | tuple | set) else [task_id]
-    settings: BridgeSettings = state.app.conf.bridge_settings
-    keys = keys_for(settings)
-    try:
-        client = redis.Redis.from_url(settings.redis_url)
-        try:
-            for one in ids:
-                cancel_sync(client, keys, str(one))
-        finally:
-            client.close()
-    except redis.RedisError:
-        log.exception("revoke could not reach the bridge's Redis; the job may go on")
-    return reply
+    """Revoke, the bridge's way: a cancel for each id is recorded in the ledger (and so
+    reaches its job), whether the request has arrived yet or not, and the bridge answers
+    it CANCELLED. Celery's own revoke (which since 5.7 also marks a pending task REVOKED
+    in the result backend, so ``get()`` would raise ``TaskRevokedError`` instead of
+    ``JobCancelled``) is applied only to this worker's other tasks (health, purge, reap)."""
+    ids = [str(i) for i in (task_id if isinstance(task_id, list | tuple | set) else [task_id])]
+    record_cancels(state.app.conf.bridge_settings, ids)
+    others = [r.id for r in _find_requests_by_id(ids) if r.name != "bridge.run"]
+    if others:
+        _celery_revoke(state, others, terminate=terminate, signal=signal, **kw)
+    return control.ok(f"tasks {', '.join(ids)} flagged as revoked")
 
 
 # -- health: is this worker's bridge serving? --------------------------------------------

@@ -53,6 +53,9 @@ class Tracked:
     published: set[str] = field(default_factory=set)
     last_state: str | None = None
     task: asyncio.Task[None] | None = None
+    submitting: bool = False
+    """A POST of /run is under way or its job id not yet recorded: a graceful stop
+    waits for this to end rather than leave an ambiguous submit behind."""
     _waiter: asyncio.Future[None] | None = None
 
     def wake_up(self) -> None:
@@ -94,6 +97,9 @@ class RouteRuntime:
                             cap=config.webhook_safety_poll_s),
             **common,
         )  # fmt: skip
+        # Purges take their budget slot themselves, without waiting (see Periodic).
+        unbudgeted = {**common, "hooks": Hooks(after=hooks.after)}
+        self.purger = AsyncioEndpoint(config.endpoint_id, session, **unbudgeted)
         self.slots = asyncio.Semaphore(config.max_in_flight)
         self.in_flight = 0
         self.waiting = 0
@@ -149,6 +155,9 @@ class Tracker:
         self.active: dict[str, Tracked] = {}
         self.idle = asyncio.Event()
         self.idle.set()
+        self.stopping = False
+        """Set by :meth:`close`: no new submission starts; the ledger keeps them for the
+        process that takes over."""
 
     # -- entry -------------------------------------------------------------------------
 
@@ -257,7 +266,17 @@ class Tracker:
                 woken += 1
         return woken
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Stop following: no new submission starts, submissions under way get up to
+        ``grace_s`` to be sent and recorded (so nothing is left ambiguous), then every
+        request is dropped here; the ledger keeps it for the process that takes over."""
+        self.stopping = True
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while any(t.submitting for t in self.active.values()):
+            if asyncio.get_running_loop().time() >= deadline:
+                log.warning("stopping with a submission still under way")
+                break
+            await asyncio.sleep(0.05)
         tasks = [t.task for t in self.active.values() if t.task is not None]
         for task in tasks:
             task.cancel()
@@ -335,12 +354,25 @@ class Tracker:
             case lc.BreakerWait():
                 return await self.breaker_wait(route.config.endpoint_id)
             case lc.MarkSubmitting():
+                await self._unless_stopping(tracked)
                 return await self.ledger.mark_submitting(request.id, self.owner)
             case lc.Submit():
-                return await self._submit(tracked, route)
+                if self.stopping:  # hand it back unsent: the next owner submits it
+                    await self.ledger.reopen(request.id)
+                    await self.ledger.count_submission(request.id, -1)
+                    await self._unless_stopping(tracked)
+                tracked.submitting = True
+                try:
+                    return await self._submit(tracked, route)
+                except BaseException:
+                    tracked.submitting = False
+                    raise
             case lc.MarkSubmitted(job_id):
                 tracked.job_id = job_id
-                return await self.ledger.mark_submitted(request.id, job_id)
+                try:
+                    return await self.ledger.mark_submitted(request.id, job_id)
+                finally:
+                    tracked.submitting = False
             case lc.Look():
                 return await self._look(tracked, route)
             case lc.CancelJob():
@@ -389,6 +421,11 @@ class Tracker:
         bind(job_id=job.job_id)
         metrics.SUBMITTED.labels(request.route).inc()
         return job.job_id
+
+    async def _unless_stopping(self, tracked: Tracked) -> None:
+        """While the process stops, wait here (until cancelled) instead of starting."""
+        if self.stopping:
+            await asyncio.Event().wait()
 
     def _job(self, tracked: Tracked, route: RouteRuntime) -> AsyncioJob:
         if tracked.job is None:

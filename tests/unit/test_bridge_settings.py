@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bridge.errors import ConfigError
 from bridge.settings import DEV_API_KEY, RUNPOD_BUDGETS, BridgeSettings, RouteConfig
@@ -472,3 +473,10 @@ def test_shipped_example_loads_and_documents_every_route_field(repo_root: Path) 
     missing = [f for f in RouteConfig.model_fields if f"{f} =" not in text]
     assert missing == []
     assert "api_key =" not in text  # keys only by variable name or secret file
+
+
+def test_a_purge_schedule_faster_than_its_budget_is_refused() -> None:
+    with pytest.raises(ValidationError, match="shorter than the purge budget"):
+        RouteConfig(endpoint_id="e", purge_every_s=1)
+    assert RouteConfig(endpoint_id="e", purge_every_s=5).purge_every_s == 5
+    assert RouteConfig(endpoint_id="e", purge_every_s=1, budgets={"purge-queue": 20})
