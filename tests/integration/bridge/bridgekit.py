@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from conftest import close_app
 
 from bridge.emulator.testing import EmulatorHandle
 from bridge.producer import JsonDoorClient
@@ -74,3 +75,4 @@ def cleanup(setup: Setup) -> None:
     for key in setup.redis.scan_iter(f"{setup.settings.key_prefix}*"):
         setup.redis.delete(key)
     setup.redis.close()
+    close_app(setup.app)

@@ -90,6 +90,21 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def close_app(app: Celery) -> None:
+    """Close the result backend's connections, the pub/sub of ``get()`` included, which
+    ``app.close()`` leaves to the garbage collector: collected whenever it runs, an unclosed
+    socket is a ResourceWarning that fails whichever test is running then. (The broker
+    pool is kombu's, shared by every app on the same URL in this process: left alone.)"""
+    backend = app.backend
+    consumer = getattr(backend, "result_consumer", None)
+    if consumer is not None:
+        consumer.stop()
+    client = getattr(backend, "client", None)
+    if client is not None:
+        client.connection_pool.disconnect()
+    app.close()
+
+
 def door_drained(client: redis.Redis, settings: BridgeSettings) -> bool:
     """Whether the JSON door has read and acknowledged every entry of its request stream
     so far (Redis's own bookkeeping of the consumer group: nothing left to redeliver)."""
@@ -258,7 +273,7 @@ def make_bridge(
         for handle in made:
             for key in client.scan_iter(f"bt-{handle.tag}*"):
                 client.delete(key)
-            handle.app.close()
+            close_app(handle.app)
         client.close()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from conftest import start_worker, stop_processes, wait_ready
+from conftest import close_app, start_worker, stop_processes, wait_ready
 
 from bridge.emulator.testing import EmulatorHandle, wait_until
 from bridge.producer import JsonDoorClient
@@ -71,12 +71,14 @@ def hooked(
                              stdout=out, stderr=subprocess.STDOUT)
         )  # fmt: skip
     client = redis.Redis.from_url(redis_url)
+    app = create_app(settings)
     try:
-        wait_ready(create_app(settings), procs[0], log)
+        wait_ready(app, procs[0], log)
         wait_until(lambda: _answers(f"{receiver}/healthz"), timeout=20)
         yield WebhookBridge(settings, JsonDoorClient(settings, client), receiver)
     finally:
         stop_processes(procs)
+        close_app(app)
         for key in client.scan_iter(f"wh-{tag}*"):
             client.delete(key)
         client.close()
