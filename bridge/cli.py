@@ -74,12 +74,21 @@ def main() -> None:
     default=None,
     help="TOML file with endpoints, templates and limits (see config/emulator.toml).",
 )
+@click.option(
+    "--profile",
+    type=click.Choice(["fast", "runpod"]),
+    default=None,
+    help="fast: tuned for tests (the default); runpod: RunPod's limits, cold starts and "
+    "caps, to try code before deploying (see docs/emulator.md) "
+    "[env: BRIDGE_EMULATOR_PROFILE].",
+)
 @log_level_option
 @log_format_option
 def emulator(
     host: str | None,
     port: int | None,
     config_path: Path | None,
+    profile: str | None,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -88,7 +97,8 @@ def emulator(
     from bridge.emulator.settings import DEV_API_KEY, EmulatorSettings
 
     logs.configure(log_format, log_level)
-    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    pairs = (("host", host), ("port", port), ("profile", profile))
+    overrides = {k: v for k, v in pairs if v is not None}
     settings = EmulatorSettings.load(config_path, **overrides)
     settings.check_bind()
     for key in settings.api_keys:
@@ -96,7 +106,8 @@ def emulator(
 
     def ready(bound: int) -> None:
         endpoints = ", ".join(e.id for e in settings.endpoints)
-        click.echo(f"emulator listening on http://{settings.host}:{bound}/v2 ({endpoints})")
+        url = f"{settings.scheme}://{settings.host}:{bound}/v2"
+        click.echo(f"emulator listening on {url} ({endpoints}; profile {settings.profile})")
         if not settings.api_keys:
             click.echo(f"development key: {DEV_API_KEY}")
         sys.stdout.flush()

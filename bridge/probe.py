@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -95,12 +96,12 @@ def ping_beat(settings: Any, timeout: float) -> str:
     raise Unhealthy("no fresh health snapshot: beat or every worker is down")
 
 
-def ping_http(url: str, timeout: float, key: str | None = None) -> str:
+def ping_http(url: str, timeout: float, key: str | None = None, verify: str | bool = True) -> str:
     import httpx
 
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        response = httpx.get(url, headers=headers, timeout=timeout)
+        response = httpx.get(url, headers=headers, timeout=timeout, verify=verify)
     except httpx.HTTPError as exc:
         raise Unhealthy(f"{url} does not answer: {type(exc).__name__}") from None
     if response.status_code != 200:
@@ -112,9 +113,14 @@ def _emulator(url: str | None, timeout: float) -> str:
     from bridge.emulator.settings import EmulatorSettings
 
     settings = EmulatorSettings.load()
-    base = url or f"http://127.0.0.1:{settings.port}"
+    base = url or f"{settings.scheme}://127.0.0.1:{settings.port}"
     keys = settings.accepted_keys()
-    return ping_http(base.rstrip("/") + "/_emulator/stats", timeout, keys[0] if keys else None)
+    # Its own certificate (often self-signed) is the one to trust.
+    verify: ssl.SSLContext | bool = True
+    if settings.tls_cert_file is not None:
+        verify = ssl.create_default_context(cafile=str(settings.tls_cert_file))
+    return ping_http(base.rstrip("/") + "/_emulator/stats", timeout,
+                     keys[0] if keys else None, verify)  # fmt: skip
 
 
 @click.command()

@@ -311,7 +311,11 @@ async def start_site(
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:  # a busy port: leave no session or socket behind
+        await runner.cleanup()
+        raise
     server = site._server  # aiohttp exposes the bound sockets only here
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port

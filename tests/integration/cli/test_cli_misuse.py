@@ -138,11 +138,6 @@ def test_emulator_on_a_busy_port(env: dict[str, str], busy_port: int) -> None:
     assert "Traceback" not in both
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge.emulator.app.start_site does not clean its runner up when the bind "
-    "fails (the emulator's webhook sender keeps its session): the emulator's owner fixes it",
-)
 def test_emulator_on_a_busy_port_leaves_no_session_open(
     env: dict[str, str], busy_port: int
 ) -> None:
