@@ -96,7 +96,9 @@ def ping_beat(settings: Any, timeout: float) -> str:
     raise Unhealthy("no fresh health snapshot: beat or every worker is down")
 
 
-def ping_http(url: str, timeout: float, key: str | None = None, verify: str | bool = True) -> str:
+def ping_http(
+    url: str, timeout: float, key: str | None = None, verify: ssl.SSLContext | bool = True
+) -> str:
     import httpx
 
     headers = {"Authorization": f"Bearer {key}"} if key else {}
