@@ -148,7 +148,10 @@ def _to_rest(fields: Mapping[str, Any]) -> dict[str, Any]:
     workers = {
         "min": fields.get("workersMin"),
         "max": fields.get("workersMax"),
-        "idleTimeout": fields.get("idleTimeout"),
+        # REST v2 refuses an idle timeout with the REQUEST_COUNT scaler (it has none).
+        "idleTimeout": None
+        if fields.get("scalerType") == "REQUEST_COUNT"
+        else fields.get("idleTimeout"),
     }
     for key, group in (("gpu", gpu), ("workers", workers)):
         if any(v is not None for v in group.values()):

@@ -136,3 +136,16 @@ def test_transport_setting_and_globals(
         runpod.get_endpoints()
     with pytest.raises(TypeError, match="colour"):
         runpod.update_endpoint("echo", colour="blue", **admin)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_request_count_endpoint_is_created_without_an_idle_timeout(
+    admin: dict[str, Any], transport: str
+) -> None:
+    # RunPod refuses an idleTimeout with REQUEST_COUNT over REST v2: the client leaves
+    # the default out instead of failing every such create_endpoint call.
+    created = create(admin, transport, scaler_type="REQUEST_COUNT", scaler_value=2)
+    try:
+        assert (created["scalerType"], created["scalerValue"]) == ("REQUEST_COUNT", 2)
+    finally:
+        runpod.delete_endpoint(created["id"], transport=transport, **admin)
