@@ -38,7 +38,11 @@ class BridgeRunRequest(CeleryRequest):  # type: ignore[misc]  # Celery is untype
         return result
 
 
-@shared_task(name="bridge.run", bind=True, ignore_result=True, Request=BridgeRunRequest)
+# max_retries=None: a task handed back while its endpoint's breaker is open comes back
+# until the breaker lets it through (Celery's default would give up after 3).
+@shared_task(
+    name="bridge.run", bind=True, ignore_result=True, Request=BridgeRunRequest, max_retries=None
+)
 def run(self: Task, *args: Any, **kwargs: Any) -> str:
     """Submit ``input`` to ``route``'s endpoint (keyword arguments: ``route``, ``input``,
     ``mode``, ``request_id``, ``reply_to``, ``policy``, ``webhook``, ``s3_config``,
@@ -68,7 +72,7 @@ def run(self: Task, *args: Any, **kwargs: Any) -> str:
         # and all (not taken over yet), instead of burning its retries.
         route = str(arguments.get("route") or "")
         wait = runtime.loop.call(service.breaker_wait(route), timeout=timeout)
-        raise self.retry(countdown=max(1.0, wait), max_retries=None)
+        raise self.retry(countdown=max(1.0, wait))
     # Celery would run these now; the bridge runs them when the job has ended.
     req.chain = req.callbacks = req.errbacks = None
     return "rejected" if isinstance(admitted, Refusal) else admitted.value
