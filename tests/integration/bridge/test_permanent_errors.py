@@ -57,7 +57,8 @@ def test_a_vanished_job_ends_expired_job_lost(
     config = EndpointConfig(id="vanishing", templateId="echo", workersMax=20,
                             scalerType="REQUEST_COUNT", scalerValue=1)  # fmt: skip
     emulator.call(emulator.engine.add_endpoint, config)
-    bridge = make_bridge(routes={"vanishing": {"endpoint_id": "vanishing"}})
+    # Plain status checks (no held ones): the 404 is seen within a poll, not a hold.
+    bridge = make_bridge(routes={"vanishing": {"endpoint_id": "vanishing", "long_poll_below": 0}})
     sent = [bridge.producer.send("vanishing", {"sleep_ms": 30_000}) for _ in range(REQUESTS)]
     wait_until(lambda: _submitted(bridge, [r for r, _ in sent]), timeout=30)
     emulator.fail_ops("vanishing", {"status": 404, "status-sync": 404, "stream": 404})
