@@ -19,6 +19,7 @@ from bridge.core import metrics
 from bridge.core.keys import Keys
 from bridge.core.ledger import Delivery, Ledger
 from bridge.core.model import REJECTED, Outcome, Refusal, Request
+from bridge.core.tally import Tally
 from bridge.egress.celery_results import CeleryResults
 from bridge.settings import BridgeSettings, RouteConfig
 
@@ -59,6 +60,7 @@ class Egress:
         self.keys = keys
         self.ledger = ledger
         self.results = results
+        self.tally = Tally(redis, keys)
 
     def _route(self, name: str) -> RouteConfig:
         return self.settings.routes.get(name) or DEFAULT_ROUTE
@@ -99,6 +101,11 @@ class Egress:
                 outcome.job_id, request.route, outcome.submissions,
             )  # fmt: skip
             done.add("metrics")
+        if "tally" not in done:  # the fleet's own figures, for `bridge top`
+            await self.tally.record(
+                request.route, outcome.status, time.time() - request.accepted_at
+            )
+            done.add("tally")
         if outcome.dead_letter and "dlq" not in done:
             await self.dead_letter(
                 reason=outcome.reason or "",
