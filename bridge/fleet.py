@@ -168,12 +168,12 @@ class Fleet:
         for name in names:
             states[name] = Counter()
             for _ in per_route[name][0]:
-                state, owner = (text(v) if v is not None else None for v in next(looked))
+                state, holder = (text(v) if v is not None else None for v in next(looked))
                 if state is None or state == "final":
                     continue  # gone or finished since SMEMBERS
                 states[name][state] += 1
-                owned[owner or ""] += 1
-        breakers = {
+                owned[holder or ""] += 1
+        breakers: dict[str | None, str] = {
             e: BreakerState.read(next(looked), open_s=settings.breaker_open_s, now=now).state
             for e in breaker_ids
         }
@@ -188,7 +188,7 @@ class Fleet:
                 handed_over=per_route[name][1],
                 at_endpoint=states[name][AT_ENDPOINT],
                 window=per_route[name][3],
-                breaker=breakers.get(endpoints[name] or "", "-"),
+                breaker=breakers.get(endpoints[name], "-"),
                 health=per_route[name][2],
             )
             for name in names

@@ -8,7 +8,7 @@ Ctrl-C. Endpoint data (health, errors) is shown as text, never read as console m
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -147,24 +147,29 @@ def problem_frame(error: str, last: Snapshot | None, now: float) -> RenderableTy
     return Group(warning, render(last)) if last is not None else warning
 
 
-def run(
-    fleet: Fleet,
-    console: Console,
-    *,
-    interval: float = 1.0,
-    sleep: Callable[[float], Any] = time.sleep,
-) -> None:
-    """Redraw every ``interval`` seconds until Ctrl-C. The first snapshot's failure is
+def frames(
+    fleet: Fleet, *, interval: float = 1.0, sleep: Callable[[float], Any] = time.sleep
+) -> Iterator[RenderableType]:
+    """Frames every ``interval`` seconds, for ever. The first snapshot's failure is
     raised (a wrong URL should say so at once); later ones are shown and retried."""
     last = fleet.snapshot()
+    yield render(last)
+    while True:
+        sleep(interval)
+        try:
+            last = fleet.snapshot()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            yield problem_frame(str(exc), last, time.time())
+            continue
+        yield render(last)
+
+
+def run(fleet: Fleet, console: Console, *, interval: float = 1.0) -> None:
+    """Redraw :func:`frames` in place until Ctrl-C (which ends it quietly)."""
+    shown = frames(fleet, interval=interval)
     try:
-        with Live(render(last), console=console, auto_refresh=False, screen=False) as live:
-            while True:
-                sleep(interval)
-                try:
-                    last = fleet.snapshot()
-                    live.update(render(last), refresh=True)
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    live.update(problem_frame(str(exc), last, time.time()), refresh=True)
+        with Live(next(shown), console=console, auto_refresh=False) as live:
+            for frame in shown:
+                live.update(frame, refresh=True)
     except KeyboardInterrupt:
         return
