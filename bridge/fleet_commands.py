@@ -107,10 +107,13 @@ def _admin_options(command: Any) -> Any:
     return command
 
 
-def _show(endpoints: list[dict[str, Any]], as_json: bool) -> None:
+def _show(endpoints: list[dict[str, Any]] | dict[str, Any], as_json: bool) -> None:
+    """A table of ``endpoints``, or JSON: a list, or one endpoint's object."""
     if as_json:
         click.echo(json.dumps(endpoints, indent=2, sort_keys=True))
         return
+    if isinstance(endpoints, dict):
+        endpoints = [endpoints]
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -183,7 +186,7 @@ def endpoints_create(
         **settings,
         **_credentials(api_key_file, api_base_url),
     )
-    _show([created], as_json)
+    _show(created, as_json)
     if not as_json:
         click.echo(f"created endpoint {created.get('id')}")
 
@@ -206,7 +209,7 @@ def endpoints_update_template(
     updated = update_endpoint_template(
         endpoint_id, template_id, transport=transport, **_credentials(api_key_file, api_base_url)
     )
-    _show([updated], as_json)
+    _show(updated, as_json)
     if not as_json:
         click.echo(f"endpoint {endpoint_id} now runs template {template_id}")
 
