@@ -163,19 +163,22 @@ class Fleet:
         breaker_ids = sorted({e for e in endpoints.values() if e})
         for endpoint_id in breaker_ids:
             pipe.hgetall(k.breaker(endpoint_id))
-        looked = iter(pipe.execute())
+        looked = iter(pipe.execute(raise_on_error=False))
         states: dict[str, Counter[str]] = {}
         owned: Counter[str] = Counter()
         for name in names:
             states[name] = Counter()
             for _ in per_route[name][0]:
-                state, holder = (text(v) if v is not None else None for v in next(looked))
+                fields = _ok(next(looked), [None, None])
+                state, holder = (text(v) if v is not None else None for v in fields)
                 if state is None or state == "final":
                     continue  # gone or finished since SMEMBERS
                 states[name][state] += 1
                 owned[holder or ""] += 1
         breakers: dict[str | None, str] = {
-            e: BreakerState.read(next(looked), open_s=settings.breaker_open_s, now=now).state
+            e: BreakerState.read(
+                _ok(next(looked), {}), open_s=settings.breaker_open_s, now=now
+            ).state
             for e in breaker_ids
         }
 

@@ -71,6 +71,8 @@ def fleet() -> Any:
         sync.sadd(k.inflight(route), request_id)
         sync.hset(k.request(request_id), mapping={"state": state, "owner": owner})
     sync.sadd(k.inflight("sdxl"), "vanished")  # its record expired
+    sync.sadd(k.inflight("sdxl"), "odd")
+    sync.set(k.request("odd"), "not a hash")  # someone else's key: skipped, no error
     sync.xadd(k.route_stream("sdxl"), {"payload": "{}"})
     # the tally: 40 done and 2 failed in the last minute, one done too long ago to count
     writer = Tally(fakeredis.FakeAsyncRedis(server=server), k, clock=lambda: NOW)
