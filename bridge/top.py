@@ -164,10 +164,22 @@ def frames(
         yield render(last)
 
 
-def run(fleet: Fleet, console: Console, *, interval: float = 1.0) -> None:
-    """Redraw :func:`frames` in place until Ctrl-C (which ends it quietly)."""
-    shown = frames(fleet, interval=interval)
+def run(
+    fleet: Fleet,
+    console: Console,
+    *,
+    interval: float = 1.0,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> None:
+    """Redraw :func:`frames` in place until Ctrl-C, which ends it quietly. On a console
+    that is not a terminal (``bridge top > file``) every frame is printed after the one
+    before, as ``top -b`` does."""
+    shown = frames(fleet, interval=interval, sleep=sleep)
     try:
+        if not console.is_terminal:
+            for frame in shown:
+                console.print(frame)
+            return  # pragma: no cover (frames never ends)
         with Live(next(shown), console=console, auto_refresh=False) as live:
             for frame in shown:
                 live.update(frame, refresh=True)

@@ -259,3 +259,17 @@ def test_tally_writes_one_bucket_with_a_ttl() -> None:
     assert 0 < ttl <= TALLY_TTL_S
     assert every == [keys.tally("r", bucket).encode()]
     assert window_keys(keys, "r", NOW)[0] == keys.tally("r", bucket)
+
+
+def test_off_a_terminal_every_frame_is_printed_until_ctrl_c(fleet: Fleet) -> None:
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 3:
+            raise KeyboardInterrupt  # Ctrl-C while waiting for the next frame
+
+    console = Console(record=True, width=160, color_system=None, file=io.StringIO())
+    top.run(fleet, console, interval=2.0, sleep=sleep)  # returns: Ctrl-C is no error
+    assert naps == [2.0, 2.0, 2.0]
+    assert console.export_text().count("bridge top") == 3
