@@ -39,7 +39,10 @@ class RouteView:
     endpoint_id: str | None
     configured: bool
     serving_age_s: float | None
-    """Since a live worker last said it serves the route (None: none ever did)."""
+    """Since a worker last said it serves the route (None: none ever did)."""
+    served: bool
+    """A live worker serves it: one said so within ``lease_ttl_s`` (the JSON door's
+    rule for handing a request over)."""
     waiting: int
     handed_over: int
     at_endpoint: int
@@ -147,6 +150,11 @@ class Fleet:
             health = _json(_ok(next(results), None))
             hashes = [_ok(next(results), {}) for _ in window_keys(k, name, now)]
             per_route[name] = (members, handed_over, health, Window.read(hashes, now))
+        # A route only workers named, none of them lately, with nothing in flight: gone.
+        names = [
+            n for n in names
+            if n in settings.routes or self._served(serving, n, now) or per_route[n][0]
+        ]  # fmt: skip
         ttls = {owner: int(_ok(next(results), -2)) for owner, _ in owners}
         celery = {queue: int(_ok(next(results), 0)) for queue in queues}
         dlq_length = int(_ok(next(results), 0))
@@ -188,6 +196,7 @@ class Fleet:
                 endpoint_id=endpoints[name],
                 configured=name in settings.routes,
                 serving_age_s=now - serving[name] if name in serving else None,
+                served=self._served(serving, name, now),
                 waiting=sum(states[name][s] for s in WAITING_STATES),
                 handed_over=per_route[name][1],
                 at_endpoint=states[name][AT_ENDPOINT],
@@ -216,6 +225,9 @@ class Fleet:
             dlq_length=dlq_length,
             unowned=sum(owned.values()),
         )
+
+    def _served(self, serving: dict[str, float], route: str, now: float) -> bool:
+        return route in serving and now - serving[route] < self.settings.lease_ttl_s
 
     def _endpoint_id(self, route: str, health: dict[str, Any] | None) -> str | None:
         config = self.settings.routes.get(route)

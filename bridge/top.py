@@ -81,7 +81,7 @@ def routes_table(snapshot: Snapshot) -> Table:
         name = Text(route.name)
         if not route.configured:
             name.append("?", "dim")
-        if route.serving_age_s is None:
+        if not route.served:
             name.append("!", "yellow")
         table.add_row(
             name,

@@ -55,7 +55,9 @@ def fleet() -> Any:
         if lease_ms:
             sync.set(k.owner(name), "1", px=lease_ms)
     sync.zadd(k.owners, {"w4@host:4": 0})
-    sync.hset(k.serving, mapping={"sdxl": NOW - 1, "extra": NOW - 3})
+    # sdxl and extra served now; llm last served 100 s ago; gone long ago, nothing left
+    sync.hset(k.serving, mapping={"sdxl": NOW - 1, "extra": NOW - 3, "llm": NOW - 100,
+                                  "gone": NOW - 3600})  # fmt: skip
     # requests: sdxl 2 waiting + 3 at the endpoint; llm 1 at the endpoint; extra 1 waiting
     requests = [
         ("sdxl", "a1", "accepted", "w1@host:1"),
@@ -111,8 +113,9 @@ def test_snapshot_counts_per_route(fleet: Fleet) -> None:
     assert (sdxl.waiting, sdxl.handed_over, sdxl.at_endpoint) == (2, 1, 3)
     assert (llm.waiting, llm.at_endpoint) == (0, 1)
     assert (extra.waiting, extra.configured, extra.endpoint_id) == (1, False, "ep-extra")
-    assert sdxl.serving_age_s == 1
-    assert llm.serving_age_s is None
+    assert (sdxl.serving_age_s, sdxl.served) == (1, True)
+    assert (llm.serving_age_s, llm.served) == (100, False)  # past lease_ttl_s: no live worker
+    assert extra.served
     assert (sdxl.window.done, sdxl.window.failed) == (40, 2)  # CANCELLED is neither
     assert sdxl.done_per_min == pytest.approx(40 * 60 / 55)  # a 55 s window, 5 s into a bucket
     assert llm.window.done == 0  # ended 70 s ago
