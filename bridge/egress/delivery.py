@@ -90,6 +90,7 @@ class Egress:
     ) -> None:
         """What follows a won finalize: metrics, the dead letter, the Celery result and
         canvas. ``done`` names the parts already written (a retry skips them)."""
+        latency_s = time.time() - request.accepted_at
         if "metrics" not in done:
             metrics.observe_final(
                 request.route, request.mode, outcome.status, outcome.reason, outcome.job,
@@ -101,11 +102,6 @@ class Egress:
                 outcome.job_id, request.route, outcome.submissions,
             )  # fmt: skip
             done.add("metrics")
-        if "tally" not in done:  # the fleet's own figures, for `bridge top`
-            await self.tally.record(
-                request.route, outcome.status, time.time() - request.accepted_at
-            )
-            done.add("tally")
         if outcome.dead_letter and "dlq" not in done:
             await self.dead_letter(
                 reason=outcome.reason or "",
@@ -122,6 +118,9 @@ class Egress:
             endpoint_id = self._route(request.route).endpoint_id
             await self.results.finish(request.continuation, outcome, request.id, endpoint_id)
             done.add("celery")
+        if "tally" not in done:  # last: no producer waits on `bridge top`'s figures
+            await self.tally.record(request.route, outcome.status, latency_s)
+            done.add("tally")
 
     async def chunk(self, request: Request, output: Any) -> int:
         """Push one stream chunk to the reply list (see :meth:`Ledger.push_chunk`)."""
