@@ -26,7 +26,7 @@ import redis
 from bridge.core.breaker import BreakerState
 from bridge.core.keys import keys_for
 from bridge.core.scripts import text
-from bridge.core.tally import Window, window_keys
+from bridge.core.tally import WINDOW_BUCKETS, Window, window_keys
 from bridge.settings import BridgeSettings
 
 WAITING_STATES = frozenset({"accepted", "submitting"})
@@ -97,6 +97,16 @@ class Snapshot:
     """In-flight requests whose owner is no worker listed (being adopted)."""
 
 
+@dataclass(frozen=True)
+class _Read:
+    """What the second round trip read for one route."""
+
+    members: list[str]
+    handed_over: int
+    health: dict[str, Any] | None
+    window: Window
+
+
 class Fleet:
     """Takes snapshots of one deployment (its settings name the keys and routes)."""
 
@@ -143,17 +153,18 @@ class Fleet:
         pipe.xlen(k.requests_stream)
         pipe.xinfo_groups(k.requests_stream)
         results = iter(pipe.execute(raise_on_error=False))
-        per_route: dict[str, tuple[list[str], int, dict[str, Any] | None, Window]] = {}
+        per_route: dict[str, _Read] = {}
         for name in names:
-            members = [text(m) for m in _ok(next(results), set())]
-            handed_over = int(_ok(next(results), 0))
-            health = _json(_ok(next(results), None))
-            hashes = [_ok(next(results), {}) for _ in window_keys(k, name, now)]
-            per_route[name] = (members, handed_over, health, Window.read(hashes, now))
+            per_route[name] = _Read(
+                members=[text(m) for m in _ok(next(results), set())],
+                handed_over=int(_ok(next(results), 0)),
+                health=_json(_ok(next(results), None)),
+                window=Window.read([_ok(next(results), {}) for _ in range(WINDOW_BUCKETS)], now),
+            )
         # A route only workers named, none of them lately, with nothing in flight: gone.
         names = [
             n for n in names
-            if n in settings.routes or self._served(serving, n, now) or per_route[n][0]
+            if n in settings.routes or self._served(serving, n, now) or per_route[n].members
         ]  # fmt: skip
         ttls = {owner: int(_ok(next(results), -2)) for owner, _ in owners}
         celery = {queue: int(_ok(next(results), 0)) for queue in queues}
@@ -162,11 +173,11 @@ class Fleet:
 
         # 3. each in-flight request's state and owner; each endpoint's breaker
         endpoints = {
-            name: self._endpoint_id(name, per_route[name][2]) for name in names
+            name: self._endpoint_id(name, per_route[name].health) for name in names
         }  # fmt: skip
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
-            for request_id in per_route[name][0]:
+            for request_id in per_route[name].members:
                 pipe.hmget(k.request(request_id), ["state", "owner"])
         breaker_ids = sorted({e for e in endpoints.values() if e})
         for endpoint_id in breaker_ids:
@@ -176,7 +187,7 @@ class Fleet:
         owned: Counter[str] = Counter()
         for name in names:
             states[name] = Counter()
-            for _ in per_route[name][0]:
+            for _ in per_route[name].members:
                 fields = _ok(next(looked), [None, None])
                 state, holder = (text(v) if v is not None else None for v in fields)
                 if state is None or state == "final":
@@ -198,11 +209,11 @@ class Fleet:
                 serving_age_s=now - serving[name] if name in serving else None,
                 served=self._served(serving, name, now),
                 waiting=sum(states[name][s] for s in WAITING_STATES),
-                handed_over=per_route[name][1],
+                handed_over=per_route[name].handed_over,
                 at_endpoint=states[name][AT_ENDPOINT],
-                window=per_route[name][3],
+                window=per_route[name].window,
                 breaker=breakers.get(endpoints[name], "-"),
-                health=per_route[name][2],
+                health=per_route[name].health,
             )
             for name in names
         ]
