@@ -1,6 +1,6 @@
-"""The README stays true to the code: the envelope's JSON Schema and the configuration
-reference are the generated ones, and its redis-cli examples are envelopes the JSON door
-accepts. (tests/integration/test_readme_snippets.py runs its snippets.)"""
+"""The README and docs/ stay true to the code: the envelope's JSON Schema, the configuration
+reference and the key schema are the generated ones, and the examples are envelopes the
+JSON door accepts. (tests/integration/test_readme_snippets.py runs their snippets.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from bridge.emulator.settings import EmulatorSettings
 from bridge.ingress.envelope import CancelMessage, Envelope, parse_payload
 from bridge.settings import BridgeSettings, RouteConfig
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+ENVELOPE = ROOT / "docs" / "envelope.md"
 MARKER = "<!-- envelope-schema: generated; tests/unit/test_readme.py fails when it differs -->"
 
 
@@ -25,12 +27,17 @@ def readme() -> str:
     return README.read_text(encoding="utf-8")
 
 
-def test_schema_block_is_the_generated_schema(readme: str) -> None:
-    block = re.search(re.escape(MARKER) + r"\n```json\n(.*?)\n```", readme, re.DOTALL)
-    assert block is not None, "the envelope schema block is missing from README.md"
+@pytest.fixture(scope="module")
+def envelope_page() -> str:
+    return ENVELOPE.read_text(encoding="utf-8")
+
+
+def test_schema_block_is_the_generated_schema(envelope_page: str) -> None:
+    block = re.search(re.escape(MARKER) + r"\n```json\n(.*?)\n```", envelope_page, re.DOTALL)
+    assert block is not None, "the envelope schema block is missing from docs/envelope.md"
     generated = json.dumps(Envelope.model_json_schema(), indent=2)
     assert block.group(1) == generated, (
-        "README.md's envelope schema is stale: paste "
+        "docs/envelope.md's envelope schema is stale: paste "
         "json.dumps(Envelope.model_json_schema(), indent=2)"
     )
 
@@ -44,18 +51,40 @@ def test_redis_cli_examples_are_accepted_envelopes(readme: str) -> None:
     assert isinstance(cancel, CancelMessage)
 
 
-def test_reply_table_names_every_final_status(readme: str) -> None:
-    section = readme.split("## The bridge worker", 1)[1].split("\n## ", 1)[0]
+def test_envelope_page_examples_are_accepted_envelopes(envelope_page: str) -> None:
+    section = envelope_page.split("## JSON door", 1)[1].split("\n## ", 1)[0]
+    lines = re.search(r"```json\n(.*?)\n```", section, re.DOTALL)
+    assert lines is not None
+    request, cancel = (parse_payload(p, max_bytes=10_000) for p in lines.group(1).splitlines())
+    assert isinstance(request, Envelope)
+    assert isinstance(cancel, CancelMessage)
+
+
+def test_reply_table_names_every_final_status(envelope_page: str) -> None:
+    section = envelope_page.split("## Replies", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^\| `([A-Z_]+)` \|", section, re.MULTILINE))
     assert listed == FINAL_STATES
 
 
-def test_configuration_reference_is_the_generated_one(readme: str) -> None:
-    block = docs.current(readme)
-    assert block is not None, "the configuration reference block is missing from README.md"
+def test_configuration_reference_is_the_generated_one() -> None:
+    block = docs.current(docs.CONFIGURATION.read_text(encoding="utf-8"))
+    assert block is not None, "the configuration reference block is missing from its page"
     assert block == docs.reference(), (
-        "README.md's configuration reference is stale: run `.venv/bin/python -m bridge.docs`"
+        "docs/configuration.md's reference is stale: run `.venv/bin/python -m bridge.docs`"
     )
+
+
+def test_key_schema_is_the_generated_one() -> None:
+    text = docs.REDIS.read_text(encoding="utf-8")
+    block = docs.current(text, docs.KEYS_BEGIN, docs.KEYS_END)
+    assert block is not None, "the key schema block is missing from docs/redis.md"
+    assert block == docs.key_schema(), (
+        "docs/redis.md's key schema is stale: run `.venv/bin/python -m bridge.docs`"
+    )
+
+
+def test_generator_check_passes() -> None:
+    assert docs.main(["--check"]) == 0
 
 
 @pytest.mark.parametrize("model", [BridgeSettings, RouteConfig, EmulatorSettings])
