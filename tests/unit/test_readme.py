@@ -105,3 +105,20 @@ def test_reference_renders_types_defaults_and_variables() -> None:
         in (reference)
     )
     assert "| `port` | `BRIDGE_EMULATOR_PORT` | `int` (≥ 0, ≤ 65535) | `8000` |" in reference
+
+
+def test_polling_loops_stop_on_every_final_status() -> None:
+    """The SDK's documented examples poll ``while True`` until COMPLETED or FAILED, so a job
+    that ends CANCELLED or TIMED_OUT is polled forever; ours list every final status."""
+    from bridge.runpod import FINAL_STATES as JOB_FINAL_STATES
+
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    loops = []
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for match in re.finditer(r'status\["status"\] in \[([^\]]*)\]', text):
+            listed = set(re.findall(r'"([A-Z_]+)"', match.group(1)))
+            loops.append((page.name, listed))
+    assert len(loops) >= 2, "the client guide's polling examples are gone"
+    for name, listed in loops:
+        assert listed == JOB_FINAL_STATES, f"{name}: a loop stops only on {sorted(listed)}"
