@@ -187,8 +187,8 @@ def main(argv: list[str]) -> int:
         return int(bool(stale))
     for page, text in pages.items():
         page.write_text(text, encoding="utf-8")
-    print("the generated blocks of " + ", ".join(str(p.relative_to(ROOT)) for p in pages)
-          + " are up to date")
+    names = ", ".join(str(p.relative_to(ROOT)) for p in pages)
+    print(f"the generated blocks of {names} are up to date")
     return 0
 
 

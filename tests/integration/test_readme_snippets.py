@@ -1,5 +1,6 @@
-"""Every shell and Python snippet of README.md and docs/*.md runs, as a reader would run it, against a
-real emulator, Redis, bridge worker and beat (started here, as ``bridge demo`` does).
+"""Every shell and Python snippet of README.md and docs/*.md runs, as a reader would run
+it, against a real emulator, Redis, bridge worker and beat (started here, as ``bridge
+demo`` does).
 
 A block preceded by ``<!-- not run: why -->`` is not collected at all (container
 commands, processes that run until stopped, ``make test`` itself), so that a real skip
@@ -7,7 +8,7 @@ would stand out; every other ``sh``/``python`` block must exit 0. Only what a us
 changes is changed: the emulator's address (it listens on a free port), the Redis the
 commands use, names that would collide with a concurrent run (the request stream, reply
 lists), the client examples' placeholders (``your-api-key``, ``your-endpoint-id``,
-``your-template-id``: the README says how to fill them in for the emulator) and their
+``your-template-id``: docs/client.md says how to fill them in for the emulator) and their
 5-10 s monitoring sleeps.
 """
 
