@@ -122,3 +122,22 @@ def test_polling_loops_stop_on_every_final_status() -> None:
     assert len(loops) >= 2, "the client guide's polling examples are gone"
     for name, listed in loops:
         assert listed == JOB_FINAL_STATES, f"{name}: a loop stops only on {sorted(listed)}"
+
+
+def test_every_metric_the_docs_name_is_exported() -> None:
+    from prometheus_client import REGISTRY
+
+    from bridge.core import metrics  # noqa: F401  # registers the worker's metrics
+
+    exported = {m.name for m in REGISTRY.collect()}
+    exported |= {f"{name}_total" for name in exported}  # counters are collected without it
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    named = set()
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        labelled = re.findall(r"\b(bridge_[a-z0-9_]+)\{", text)  # a metric with its labels
+        plain = re.findall(r"`(bridge_[a-z0-9_]+_(?:total|seconds))`", text)
+        named |= {(page.name, name) for name in [*labelled, *plain]}
+    assert len(named) >= 10, "the docs' metric names are not found any more"
+    unknown = sorted(f"{page}: {name}" for page, name in named if name not in exported)
+    assert unknown == [], f"the docs name metrics the worker does not export: {unknown}"
