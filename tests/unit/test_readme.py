@@ -5,6 +5,7 @@ JSON door accepts. (tests/integration/test_readme_snippets.py runs their snippet
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -141,3 +142,25 @@ def test_every_metric_the_docs_name_is_exported() -> None:
     assert len(named) >= 10, "the docs' metric names are not found any more"
     unknown = sorted(f"{page}: {name}" for page, name in named if name not in exported)
     assert unknown == [], f"the docs name metrics the worker does not export: {unknown}"
+
+
+def test_the_runpod_quickstart_writes_a_route_the_worker_accepts(
+    readme: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quickstart against RunPod cannot run here (it needs an account); its routes
+    file and key file are what the settings accept, with the key read from the file."""
+    section = readme.split("## Quickstart: real RunPod", 1)[1].split("\n## ", 1)[0]
+    heredoc = re.search(r"cat > bridge\.toml <<EOF\n(.*?)\nEOF\n", section, re.DOTALL)
+    key = re.search(r"printf '%s' '([^']+)' > runpod_api_key", section)
+    assert heredoc is not None, "the quickstart's routes file is not found"
+    assert key is not None, "the quickstart's key file is not found"
+    (tmp_path / "runpod_api_key").write_text(key.group(1), encoding="utf-8")
+    config = tmp_path / "bridge.toml"
+    config.write_text(heredoc.group(1).replace("$PWD", str(tmp_path)), encoding="utf-8")
+    for name in [n for n in os.environ if n.startswith("BRIDGE_")]:
+        monkeypatch.delenv(name)
+    settings = BridgeSettings.load(config)
+    assert list(settings.routes) == ["sdxl"]
+    route = settings.routes["sdxl"]
+    assert route.base_url.startswith("https://api.runpod.ai/")
+    assert route.api_key().get_secret_value() == key.group(1)
