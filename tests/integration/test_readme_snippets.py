@@ -41,7 +41,7 @@ redis-cli() { command redis-cli -u "$BRIDGE_REDIS_URL" "$@"; }
 EXPECT = {
     "BLPOP replies:req-1": r'"status":"COMPLETED","output":\{"prompt":"hi"\}',
     'app.send_task("bridge.run"': r"\{'prompt': 'hi'\}[\s\S]*cancelled:[\s\S]*\[\{'n': 1\}\]",
-    "producer.send_task(": r"\{'prompt': 'hi'\}\nJobFailed\n",
+    "producer.send_task(": r"\{'prompt': 'hi'\}\nJobFailed\nJobCancelled\n",
     "/v2/echo/runsync": r'"status":\s*"COMPLETED"',
     'run_sync({"prompt": "A beautiful sunset"}': r"'image_url': 'https://images\.example/",
     "runpod.create_endpoint(": r"Created endpoint: \S+\n[\s\S]*image-generation-endpoint - ",
