@@ -2,7 +2,7 @@
 lives. Every part of the bridge (worker, doors, egress, CLI, demo, probes) builds its keys
 here, so a key cannot be spelled two ways.
 
-``python -m bridge.docs`` renders :func:`schema` into the README's operations section.
+``python -m bridge.docs`` renders :func:`schema` into docs/redis.md.
 """
 
 from __future__ import annotations
