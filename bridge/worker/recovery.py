@@ -10,6 +10,7 @@ import time
 
 from redis.exceptions import RedisError
 
+from bridge.core import metrics
 from bridge.core.leases import Leases
 from bridge.worker.tracker import Tracker
 
@@ -49,6 +50,7 @@ class Recovery:
         """Adopt requests whose worker's lease expired and follow them here (``full``:
         look at every in-flight request, not only when an owner went silent)."""
         found = await self.leases.adopt(self.routes, limit, full=full)
+        metrics.ADOPTED.inc(len(found.adopted))
         resumed = 0
         for request_id in found.adopted:
             resumed += await self.tracker.resume(request_id)
