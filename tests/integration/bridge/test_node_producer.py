@@ -81,9 +81,7 @@ def test_a_streamed_request_its_chunks_then_its_result(
     assert emulator.stats("stream")["submissions"] - before == 1
 
 
-def test_a_polled_request_and_the_exit_status_of_failures(
-    producer: Path, bridge: Bridge
-) -> None:
+def test_a_polled_request_and_the_exit_status_of_failures(producer: Path, bridge: Bridge) -> None:
     code, lines, err = run(producer, bridge, "echo", '{"prompt": "hi"}')
     assert code == 0, err
     assert [(r["type"], r["status"], r["output"]) for r in lines] == [
