@@ -27,15 +27,43 @@ from redis.exceptions import RedisError, ResponseError
 from bridge.core.breaker import BreakerState
 from bridge.core.keys import Keys, keys_for
 from bridge.core.metrics import BREAKER_VALUES
-from bridge.core.scripts import text
+from bridge.core.scripts import NamedScript, text
 from bridge.settings import BridgeSettings
 
 MAX_WALK = 10_000
-"""In-flight requests of one route looked at per scrape; beyond it a random sample of
-this size is (the waiting count and the oldest age are then estimates)."""
+"""In-flight requests of one route looked at per scrape; beyond it the waiting count is
+scaled up from the part read and the oldest ages are those of that part (estimates)."""
 
-_WAITING = {"accepted", "submitting"}  # recorded, no job at the endpoint yet
-_BATCH = 1000  # HMGETs per pipeline round trip
+# A route's in-flight set, walked in Redis a slice at a time (SSCAN): in Python, 10,000
+# HMGETs took ~0.5 s per scrape; in one script, Redis was blocked ~45 ms; a slice of
+# 1,000 blocks it ~5 ms. Records not yet final count; "accepted" and "submitting" ones
+# have no job at the endpoint yet: they wait. Ages come back as text (Lua numbers would
+# be truncated to integers). Keys are built from the prefix, as ADOPT does (one Redis).
+AGES = NamedScript(
+    """
+local reply = redis.call('SSCAN', inflight, cursor, 'COUNT', count)
+local waiting, oldest_waiting, oldest = 0, nil, nil
+for _, id in ipairs(reply[2]) do
+  local f = redis.call('HMGET', prefix .. id, 'state', 'created')
+  local state, created = f[1], tonumber(f[2])
+  if state and state ~= 'final' and state ~= 'tombstone' then
+    if created and (not oldest or created < oldest) then
+      oldest = created
+    end
+    if state == 'accepted' or state == 'submitting' then
+      waiting = waiting + 1
+      if created and (not oldest_waiting or created < oldest_waiting) then
+        oldest_waiting = created
+      end
+    end
+  end
+end
+return {reply[1], #reply[2], waiting, tostring(oldest_waiting or ''), tostring(oldest or '')}
+""",
+    keys=("inflight",),
+    args=("prefix", "cursor", "count"),
+)
+_SLICE = 1000
 
 
 def _family(kind: str, name: str, doc: str, labels: Iterable[str] = ()) -> Any:
@@ -122,6 +150,7 @@ class FleetCollector(Collector):
         self.keys: Keys = keys_for(settings)
         self.clock = clock
         self.max_walk = max_walk
+        self._ages = AGES.bind(redis)
 
     def describe(self) -> list[Metric]:
         """The families, empty (registration must not read Redis)."""
@@ -215,30 +244,25 @@ class FleetCollector(Collector):
         fam["bridge_fleet_leases_expired"].add_metric([], lost)
 
     def _route(self, fam: dict[str, Any], route: str, size: int, now: float) -> None:
-        """The route's in-flight set: how many wait for submission, and the oldest ages."""
-        key = self.keys.inflight(route)
-        if size <= self.max_walk:
-            ids = self.redis.smembers(key)
-        else:
-            ids = self.redis.srandmember(key, self.max_walk)  # type: ignore[assignment]
-        waiting, oldest_waiting, oldest = 0, now, now
-        members = [text(i) for i in ids or ()]
-        for start in range(0, len(members), _BATCH):
-            pipe = self.redis.pipeline(transaction=False)
-            for request_id in members[start : start + _BATCH]:
-                pipe.hmget(self.keys.request(request_id), "state", "created")
-            for state, created in pipe.execute():
-                if state is None or text(state) in ("final", "tombstone"):
-                    continue  # finished (recovery removes it from the set)
-                at = float(text(created)) if created else now
-                oldest = min(oldest, at)
-                if text(state) in _WAITING:
-                    waiting += 1
-                    oldest_waiting = min(oldest_waiting, at)
-        if size > len(members) and members:
-            waiting = round(waiting * size / len(members))  # a sample: scale it up
+        """The route's in-flight set: how many wait for submission, and the oldest ages
+        (the walk stays in Redis, a slice per call; SSCAN may return a member twice)."""
+        cursor, walked, waiting = "0", 0, 0
+        oldest_waiting, oldest = now, now
+        while True:
+            cursor_raw, seen, slice_waiting, slice_oldest_waiting, slice_oldest = self._ages(
+                inflight=self.keys.inflight(route), prefix=self.keys.request_prefix,
+                cursor=cursor, count=_SLICE,
+            )  # fmt: skip
+            walked, waiting = walked + int(seen), waiting + int(slice_waiting)
+            oldest_waiting = min(oldest_waiting, _stamp(slice_oldest_waiting, now))
+            oldest = min(oldest, _stamp(slice_oldest, now))
+            cursor = text(cursor_raw)
+            if cursor == "0" or walked >= self.max_walk:
+                break
+        if size > walked > 0:
+            waiting = round(waiting * size / walked)  # a part was read: scale it up
         fam["bridge_fleet_in_flight"].add_metric([route], size)
-        fam["bridge_fleet_waiting"].add_metric([route], waiting)
+        fam["bridge_fleet_waiting"].add_metric([route], min(waiting, size))
         fam["bridge_fleet_oldest_waiting_seconds"].add_metric([route], now - oldest_waiting)
         fam["bridge_fleet_oldest_in_flight_seconds"].add_metric([route], now - oldest)
 
@@ -256,6 +280,12 @@ class FleetCollector(Collector):
             if stream == keys.dlq_stream:
                 fam["bridge_fleet_dead_letters"].add_metric([], length)
             fam[total].add_metric([], int(info.get("entries-added", length)))
+
+
+def _stamp(at: Any, now: float) -> float:
+    """A Unix time the script returned as text (empty: none, ``now``)."""
+    stamp = text(at)
+    return min(float(stamp), now) if stamp else now
 
 
 def _entry_age(first: list[Any], now: float) -> float:
