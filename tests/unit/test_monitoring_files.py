@@ -268,3 +268,22 @@ def test_the_monitoring_profile_in_compose() -> None:
     url = source["datasources"][0]["url"]
     assert url == "http://prometheus:9090"
     assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+
+
+# -- docs/monitoring.md --------------------------------------------------------------------
+
+
+def test_the_monitoring_page_names_every_metric_and_alert(
+    exported: set[str], rules: list[dict[str, Any]]
+) -> None:
+    page = (ROOT / "docs" / "monitoring.md").read_text()
+    named = set(re.findall(r"`(bridge_\w+)`", page))
+    bridge_families = [f for f in REGISTRY.collect() if f.name.startswith("bridge_")]
+    fleet = FleetCollector(fakeredis.FakeRedis(), BridgeSettings.load()).describe()
+    histograms = {f.name for f in bridge_families if f.type == "histogram"}  # named as such
+    assert named - exported - histograms == set(), "the page names metrics no worker exports"
+    for family in [*bridge_families, *fleet]:
+        shown = {family.name, *(family.name + suffix for suffix in SUFFIXES[family.type])}
+        assert shown & named, f"docs/monitoring.md does not describe {family.name}"
+    for rule in rules:
+        assert f"`{rule['alert']}`" in page, f"docs/monitoring.md does not describe {rule['alert']}"
