@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -14,6 +15,9 @@ import pytest
 from conftest import MakeBridge
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.core.keys import keys_for
+from bridge.core.ledger import request_json
+from bridge.core.model import Request
 from bridge.emulator.settings import EndpointConfig
 from bridge.emulator.testing import EmulatorHandle, wait_until
 
@@ -100,3 +104,32 @@ def test_a_workers_metrics_show_the_fleet(
     assert [bridge.result(reply_to)["status"] for _, reply_to in held] == ["CANCELLED"] * 2
     wait_until(lambda: value("bridge_fleet_in_flight", route="capped") == 0, timeout=30)
     assert value("bridge_fleet_oldest_waiting_seconds", route="capped") == 0
+
+
+def test_requests_of_a_worker_whose_lease_expired_are_adopted_and_counted(
+    make_bridge: MakeBridge,
+) -> None:
+    """A request recorded by a worker that died (its lease gone, never renewed again) is
+    taken over by the live one: bridge_requests_adopted_total counts it."""
+    port = free_port()
+    bridge = make_bridge(metrics_port=port)
+    keys = keys_for(bridge.settings)
+    reply_to = keys.reply(f"orphan-{uuid.uuid4().hex[:8]}")
+    request = Request(f"orphan-{uuid.uuid4().hex[:8]}", "echo", {"orphan": True}, "poll",
+                      reply_to=reply_to, accepted_at=time.time() - 60)  # fmt: skip
+    ghost = "ghost-host:4242"
+    pipe = bridge.redis.pipeline(transaction=True)
+    pipe.hset(keys.request(request.id), mapping={
+        "state": "accepted", "route": "echo", "request": request_json(request),
+        "created": f"{request.accepted_at:.3f}", "owner": ghost, "submissions": 0,
+        "reply_to": reply_to, "token": "",
+    })  # fmt: skip
+    pipe.sadd(keys.inflight("echo"), request.id)
+    pipe.zadd(keys.owners, {ghost: int((time.time() - 60) * 1000)})  # its last renewal
+    pipe.execute()
+
+    assert bridge.result(reply_to)["output"] == {"orphan": True}
+    adopted = scrape(port).get(("bridge_requests_adopted_total", ()))
+    assert adopted == 1
+    # the dead worker is forgotten once nothing of its is left to adopt
+    wait_until(lambda: scrape(port).get(("bridge_fleet_leases_expired", ())) == 0, timeout=30)
