@@ -22,7 +22,7 @@ from celery.schedules import crontab
 from redis import Redis
 from redis.exceptions import RedisError
 
-from bridge.core import fleet_metrics, metrics
+from bridge.core import metrics
 from bridge.core.keys import keys_for
 from bridge.core.ledger import cancel_sync
 from bridge.errors import ConfigError
@@ -165,6 +165,8 @@ class Runtime:
         gc.freeze()
         gc.set_threshold(20_000, 10, 10)
         if settings.metrics_port and metrics.serve(settings.metrics_port, settings.metrics_host):
+            from bridge.core import fleet_metrics  # only where metrics are served
+
             fleet_metrics.register(settings)  # the fleet's state too, read at each scrape
 
     @classmethod
