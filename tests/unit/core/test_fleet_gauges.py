@@ -210,3 +210,27 @@ def test_registering_reads_nothing(settings: BridgeSettings) -> None:
     collector = FleetCollector(UntouchableRedis(), settings)
     CollectorRegistry(auto_describe=True).register(collector)  # describe() only
     assert {m.name for m in collector.describe()} == set(FAMILIES)
+
+
+def test_a_large_in_flight_set_is_walked_in_slices_up_to_max_walk(
+    sredis: Redis, settings: BridgeSettings
+) -> None:
+    keys = keys_for(settings)
+    pipe = sredis.pipeline(transaction=False)
+    for i in range(2500):  # every third one submitted, the others waiting
+        state = "submitted" if i % 3 == 0 else "accepted"
+        pipe.hset(keys.request(f"r{i}"), mapping={"state": state, "created": NOW - i})
+        pipe.sadd(keys.inflight("echo"), f"r{i}")
+    pipe.hset(keys.request("done"), mapping={"state": "final", "created": NOW - 9999})
+    pipe.sadd(keys.inflight("echo"), "done")  # final, not yet removed by recovery
+    pipe.execute()
+
+    full = scrape(FleetCollector(sredis, settings, clock=lambda: NOW))
+    assert value(full, "bridge_fleet_in_flight", route="echo") == 2501
+    assert value(full, "bridge_fleet_waiting", route="echo") == 1666
+    assert value(full, "bridge_fleet_oldest_in_flight_seconds", route="echo") == 2499
+    assert value(full, "bridge_fleet_oldest_waiting_seconds", route="echo") == 2498
+
+    part = scrape(FleetCollector(sredis, settings, clock=lambda: NOW, max_walk=1000))
+    assert value(part, "bridge_fleet_in_flight", route="echo") == 2501
+    assert 1000 < value(part, "bridge_fleet_waiting", route="echo") < 2501  # scaled up
