@@ -15,6 +15,7 @@ does not answer, only ``bridge_redis_up 0`` is exported.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -29,6 +30,8 @@ from bridge.core.keys import Keys, keys_for
 from bridge.core.metrics import BREAKER_VALUES
 from bridge.core.scripts import NamedScript, text
 from bridge.settings import BridgeSettings
+
+log = logging.getLogger("bridge.metrics")
 
 MAX_WALK = 10_000
 """In-flight requests of one route looked at per scrape; beyond it the waiting count is
@@ -316,9 +319,16 @@ def _health(fam: dict[str, Any], route: str, raw: Any, now: float) -> None:
                 fam[name].add_metric([route, str(state)], value)
 
 
-def register(settings: BridgeSettings, registry: CollectorRegistry = REGISTRY) -> FleetCollector:
-    """Export the fleet's state with this process' metrics (once per process)."""
-    client = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+def register(
+    settings: BridgeSettings, registry: CollectorRegistry = REGISTRY
+) -> FleetCollector | None:
+    """Export the fleet's state with this process' metrics (once per process). A Redis
+    URL this client cannot open is logged, and the process' own metrics still served."""
+    try:
+        client = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    except ValueError as exc:
+        log.warning("fleet metrics not exported: %s", exc)
+        return None
     collector = FleetCollector(client, settings)
     registry.register(collector)
     return collector

@@ -17,7 +17,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge.core.breaker import Breakers
-from bridge.core.fleet_metrics import FAMILIES, FleetCollector, exported_names
+from bridge.core.fleet_metrics import FAMILIES, FleetCollector, exported_names, register
 from bridge.core.keys import keys_for
 from bridge.core.leases import Leases
 from bridge.core.ledger import Ledger
@@ -234,3 +234,14 @@ def test_a_large_in_flight_set_is_walked_in_slices_up_to_max_walk(
     part = scrape(FleetCollector(sredis, settings, clock=lambda: NOW, max_walk=1000))
     assert value(part, "bridge_fleet_in_flight", route="echo") == 2501
     assert 1000 < value(part, "bridge_fleet_waiting", route="echo") < 2501  # scaled up
+
+
+def test_a_redis_url_the_collector_cannot_open_leaves_the_worker_serving(
+    settings: BridgeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    odd = settings.model_copy(update={"redis_url": "nosuch://127.0.0.1:6379/0"})
+    registry = CollectorRegistry()
+    assert register(odd, registry) is None
+    assert "fleet metrics not exported" in caplog.text
+    assert generate_latest(registry) == b""
+    assert isinstance(register(settings, registry), FleetCollector)  # a redis:// URL
