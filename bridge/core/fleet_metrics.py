@@ -251,7 +251,7 @@ class FleetCollector(Collector):
         (the walk stays in Redis, a slice per call; SSCAN may return a member twice)."""
         cursor, walked, waiting = "0", 0, 0
         oldest_waiting, oldest = now, now
-        while True:
+        while size:  # an empty set costs no call
             cursor_raw, seen, slice_waiting, slice_oldest_waiting, slice_oldest = self._ages(
                 inflight=self.keys.inflight(route), prefix=self.keys.request_prefix,
                 cursor=cursor, count=_SLICE,
