@@ -67,6 +67,8 @@ return {reply[1], #reply[2], waiting, tostring(oldest_waiting or ''), tostring(o
     args=("prefix", "cursor", "count"),
 )
 _SLICE = 1000
+# kombu's Redis transport: the queue itself, then its default priority steps (3, 6, 9).
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
 def _family(kind: str, name: str, doc: str, labels: Iterable[str] = ()) -> Any:
@@ -104,6 +106,9 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "gauge", "Entries in the dead-letter stream (capped at 100,000)", ()),
     "bridge_fleet_dead_letters_added": (
         "counter", "Entries ever added to the dead-letter stream", ()),
+    "bridge_fleet_celery_queue_length": (
+        "gauge", "Celery messages waiting in a queue of the broker, when the broker is the "
+        "bridge's Redis (its priority sub-queues included)", ("queue",)),
     "bridge_fleet_breaker_state": (
         "gauge", "Circuit breaker as every worker sees it: 0 closed, 1 half-open, 2 open",
         ("route", "endpoint")),
@@ -232,7 +237,23 @@ class FleetCollector(Collector):
                 )
             _health(fam, route, snapshots[route], now)
         self._streams(fam)
+        if self.settings.broker == self.settings.redis_url:
+            self._celery_queues(fam)
         return fam
+
+    def _celery_queues(self, fam: dict[str, Any]) -> None:
+        """The Celery door's backlog: kombu keeps a Redis queue as a list, plus one list
+        per priority step (``<queue>\\x06\\x16<n>``) when priorities are used."""
+        queues = sorted({self.settings.default_queue,
+                         *(r.queue for r in self.settings.routes.values())})  # fmt: skip
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            for suffix in _PRIORITY_SUFFIXES:
+                pipe.llen(queue + suffix)
+        lengths = iter(pipe.execute())
+        for queue in queues:
+            total = sum(int(next(lengths)) for _ in _PRIORITY_SUFFIXES)
+            fam["bridge_fleet_celery_queue_length"].add_metric([queue], total)
 
     def _workers(self, fam: dict[str, Any], owners: list[tuple[str, float]]) -> None:
         """Live leases, and leases that expired without a goodbye (a graceful stop sets

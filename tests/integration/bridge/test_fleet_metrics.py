@@ -70,6 +70,7 @@ def test_a_workers_metrics_show_the_fleet(
     assert value("bridge_redis_up") == 1
     assert value("bridge_fleet_workers") == 1  # this worker's lease (its own key prefix)
     assert value("bridge_fleet_leases_expired") == 0
+    assert value("bridge_fleet_celery_queue_length", queue=settings.default_queue) == 0
     served = value("bridge_fleet_route_served_age_seconds", route="capped")
     assert served is not None
     assert served < settings.lease_ttl_s

@@ -245,3 +245,17 @@ def test_a_redis_url_the_collector_cannot_open_leaves_the_worker_serving(
     assert "fleet metrics not exported" in caplog.text
     assert generate_latest(registry) == b""
     assert isinstance(register(settings, registry), FleetCollector)  # a redis:// URL
+
+
+def test_the_celery_doors_backlog_when_the_broker_is_the_bridges_redis(
+    sredis: Redis, settings: BridgeSettings
+) -> None:
+    queue = settings.default_queue
+    sredis.lpush(queue, "m1", "m2")
+    sredis.lpush(queue + "\x06\x166", "m3")  # kombu's priority-6 sub-queue
+    samples = scrape(FleetCollector(sredis, settings, clock=lambda: NOW))
+    assert value(samples, "bridge_fleet_celery_queue_length", queue=queue) == 3
+
+    elsewhere = settings.model_copy(update={"broker_url": "amqp://guest:guest@rabbit//"})
+    samples = scrape(FleetCollector(sredis, elsewhere, clock=lambda: NOW))
+    assert not [name for name, _ in samples if name == "bridge_fleet_celery_queue_length"]
