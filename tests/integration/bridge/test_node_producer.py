@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import Bridge
 
-from bridge.emulator.testing import EmulatorHandle
+from bridge.emulator.testing import EmulatorHandle, wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "node-producer"
 
@@ -102,3 +103,35 @@ def test_mistakes_get_a_clear_message(producer: Path, bridge: Bridge) -> None:
     code, _, err = run(producer, bridge, "echo", "{}", "--mode", "fast")
     assert code == 2
     assert "--mode must be one of poll, stream, sync, webhook" in err
+
+
+def test_ctrl_c_cancels_the_job_at_the_endpoint(
+    producer: Path, bridge: Bridge, emulator: EmulatorHandle
+) -> None:
+    request_id = f"node-cancel-{os.getpid()}"
+    env = {
+        **os.environ,
+        "REDIS_URL": bridge.settings.redis_url,
+        "BRIDGE_REQUESTS_STREAM": bridge.settings.requests_stream,
+        "REPLY_PREFIX": f"{bridge.settings.key_prefix}-node:",
+    }
+    proc = subprocess.Popen(
+        [tool("node"), str(producer), "echo", '{"sleep_ms": 60000}', "--id", request_id],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        record = f"{bridge.settings.key_prefix}:req:{request_id}"
+        wait_until(lambda: bridge.redis.hget(record, "job_id") is not None, timeout=30)
+        job_id = bridge.redis.hget(record, "job_id").decode()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    (result,) = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert (result["status"], result["reason"]) == ("CANCELLED", "cancelled")
+    assert f"cancelling {request_id}" in err
+    with emulator.client() as http:  # the cancel reached the endpoint
+        assert http.get(f"/echo/status/{job_id}").json()["status"] == "CANCELLED"
