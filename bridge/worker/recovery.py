@@ -50,10 +50,10 @@ class Recovery:
         """Adopt requests whose worker's lease expired and follow them here (``full``:
         look at every in-flight request, not only when an owner went silent)."""
         found = await self.leases.adopt(self.routes, limit, full=full)
-        metrics.ADOPTED.inc(len(found.adopted))
         resumed = 0
         for request_id in found.adopted:
             resumed += await self.tracker.resume(request_id)
+        metrics.ADOPTED.inc(len(found.adopted))
         for request_id in found.own:
             resumed += await self.tracker.resume(request_id, own=True)
         if resumed:
