@@ -26,17 +26,17 @@ TRANSPORT = "bridge.worker.broker:SentinelTransport"
 """The transport's name for Celery's ``broker_transport`` setting."""
 
 
-class SentinelChannel(kombu_redis.SentinelChannel):  # type: ignore[misc]  # kombu: untyped
+class SentinelChannel(kombu_redis.SentinelChannel):
     """kombu's Sentinel channel; a pool asked for after the connection closed is a
     connection error, not an AttributeError."""
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
             raise RedisConnectionError("the broker connection is closed (primary lost)")
-        return super()._connparams(asynchronous)
+        return super()._connparams(asynchronous)  # type: ignore[no-untyped-call]  # kombu
 
 
-class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]  # kombu: untyped
+class SentinelTransport(kombu_redis.SentinelTransport):
     """kombu's Redis Sentinel transport with :class:`SentinelChannel`."""
 
     Channel = SentinelChannel
