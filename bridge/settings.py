@@ -269,9 +269,15 @@ class BridgeSettings(BaseSettings):
     def _sentinel_urls(self) -> BridgeSettings:
         from bridge.core.connection import is_sentinel, parse_sentinel
 
-        for name, url in (("redis_url", self.redis_url), ("broker_url", self.broker_url),
-                          ("result_backend", self.result_backend)):  # fmt: skip
+        # broker and backend default to redis_url: checked as Celery will use them
+        for name, url in (("redis_url", self.redis_url), ("broker_url", self.broker),
+                          ("result_backend", self.backend)):  # fmt: skip
             if url and is_sentinel(url):
+                if name != "redis_url" and url.lower().startswith("sentinels:"):
+                    raise ValueError(
+                        f"{name}: kombu and Celery know no sentinels:// (TLS) form; set "
+                        "BRIDGE_BROKER_URL and BRIDGE_RESULT_BACKEND to sentinel:// URLs"
+                    )
                 try:
                     parse_sentinel(url, self.sentinel_master)
                 except ConfigError as exc:

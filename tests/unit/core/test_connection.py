@@ -144,6 +144,13 @@ def test_settings_refuse_a_sentinel_url_without_its_master() -> None:
         BridgeSettings.load(redis_url=THREE, routes={})
     with pytest.raises(ConfigError, match=r"broker_url: .*port must be a number"):
         BridgeSettings.load(broker_url="sentinel://s:x", sentinel_master="m", routes={})
+    with pytest.raises(ConfigError, match=r"result_backend: kombu and Celery know no sentinels"):
+        BridgeSettings.load(result_backend="sentinels://s:1", sentinel_master="m", routes={})
+    with pytest.raises(ConfigError, match=r"broker_url: kombu and Celery know no sentinels"):
+        BridgeSettings.load(redis_url="sentinels://s:1", sentinel_master="m", routes={})
+    tls = BridgeSettings.load(redis_url="sentinels://s:1", broker_url=THREE, result_backend=THREE,
+                              sentinel_master="m", routes={})  # fmt: skip
+    assert tls.redis_url == "sentinels://s:1"
     fine = BridgeSettings.load(redis_url=THREE, sentinel_master="mymaster", routes={})
     assert (fine.broker, fine.backend) == (THREE, THREE)
 
