@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = sync_redis(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):
