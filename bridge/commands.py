@@ -360,8 +360,8 @@ def webhooks(
     import asyncio
 
     from aiohttp import web
-    from redis.asyncio import Redis
 
+    from bridge.core.connection import async_redis
     from bridge.core.keys import keys_for
     from bridge.ingress.webhooks import create_receiver
 
@@ -371,7 +371,7 @@ def webhooks(
     port = port if port is not None else settings.webhook_port
 
     async def serve() -> None:
-        redis = Redis.from_url(settings.redis_url)
+        redis = async_redis(settings.redis_url, settings.sentinel_master)
         runner = web.AppRunner(create_receiver(redis, keys_for(settings)), access_log=None)
         try:
             await redis.ping()  # useless without Redis: say so now, not at the first webhook

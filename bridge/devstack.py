@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from bridge.core.connection import sync_redis
 from bridge.errors import BridgeError
 from bridge.settings import BridgeSettings, default_routes
 
@@ -48,7 +49,7 @@ def free_port() -> int:
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = sync_redis(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):
@@ -149,7 +150,7 @@ class Stack:
 
     def remove_keys(self) -> int:
         """Delete every Redis key the stack wrote (its prefix, queue and bindings)."""
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = sync_redis(self.settings.redis_url, self.settings.sentinel_master)
         try:
             keys = [*client.scan_iter(f"{self.tag}*"), *client.scan_iter(f"_kombu.*{self.tag}*")]
             return int(client.delete(*keys)) if keys else 0

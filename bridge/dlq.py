@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from bridge.core.connection import sync_redis
 from bridge.core.keys import keys_for
 from bridge.core.ledger import RELEASE_FOR_REPLAY
 from bridge.core.scripts import text
@@ -87,7 +88,7 @@ class DeadLetters:
 
     def __init__(self, settings: BridgeSettings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client or redis.Redis.from_url(settings.redis_url)
+        self.redis = client or sync_redis(settings.redis_url, settings.sentinel_master)
         self.stream = settings.dlq_stream
 
     def list(self, route: str | None = None, limit: int = 100) -> list[DeadLetter]:

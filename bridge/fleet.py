@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from bridge.core.breaker import BreakerState
+from bridge.core.connection import sync_redis
 from bridge.core.keys import keys_for
 from bridge.core.scripts import text
 from bridge.core.tally import WINDOW_BUCKETS, Window, window_keys
@@ -117,7 +118,7 @@ class Fleet:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.redis = client or redis.Redis.from_url(settings.redis_url)
+        self.redis = client or sync_redis(settings.redis_url, settings.sentinel_master)
         self.keys = keys_for(settings)
         self._clock = clock
 

@@ -35,9 +35,12 @@ class Unhealthy(Exception):
 def ping_redis(settings: Any, timeout: float) -> str:
     import redis  # here, not at the top: `bridge --help` stays fast
 
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
-    )
+    from bridge.core.connection import sync_redis
+
+    client = sync_redis(
+        settings.redis_url, settings.sentinel_master,
+        socket_connect_timeout=timeout, socket_timeout=timeout,
+    )  # fmt: skip
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
@@ -74,12 +77,15 @@ def ping_worker(settings: Any, node: str | None, timeout: float) -> str:
 def ping_beat(settings: Any, timeout: float) -> str:
     import redis
 
+    from bridge.core.connection import sync_redis
+
     intervals = {n: r.health_interval_s for n, r in settings.routes.items() if r.health_interval_s}
     if not intervals:
         return "no route has health checks: nothing to see of beat"
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
-    )
+    client = sync_redis(
+        settings.redis_url, settings.sentinel_master,
+        socket_connect_timeout=timeout, socket_timeout=timeout,
+    )  # fmt: skip
     try:
         from bridge.core.keys import keys_for
 

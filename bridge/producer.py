@@ -15,6 +15,7 @@ from rich.text import Text
 
 import bridge.runpod as runpod
 from bridge.core.breaker import BreakerState
+from bridge.core.connection import sync_redis
 from bridge.core.keys import keys_for
 from bridge.core.ledger import cancel_sync
 from bridge.errors import ConfigError, RunpodError
@@ -31,7 +32,7 @@ class JsonDoorClient:
 
     def __init__(self, settings: BridgeSettings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client or redis.Redis.from_url(settings.redis_url)
+        self.redis = client or sync_redis(settings.redis_url, settings.sentinel_master)
         self.keys = keys_for(settings)
 
     def send(

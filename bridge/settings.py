@@ -177,7 +177,16 @@ class BridgeSettings(BaseSettings):
     )
 
     config: Path | None = Field(None, description="routes file (TOML)")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="bridge state, JSON door")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="bridge state, JSON door: redis://, rediss://, unix:// or "
+        "sentinel://host:port;sentinel://host:port[/db] (see docs/sentinel.md)",
+    )
+    sentinel_master: str | None = Field(
+        None,
+        description="the primary's name the sentinels watch (`sentinel monitor NAME ...`): "
+        "needed by every sentinel:// URL (state, broker, backend)",
+    )
     broker_url: str | None = Field(None, description="Celery broker; default redis_url")
     result_backend: str | None = Field(None, description="Celery results; default redis_url")
     emulator_url: str = Field("http://127.0.0.1:8000", description="for the default routes")
@@ -246,11 +255,34 @@ class BridgeSettings(BaseSettings):
     def _redis_url(cls, url: str) -> str:
         from redis.connection import parse_url  # here: `bridge --help` stays fast
 
+        from bridge.core.connection import is_sentinel
+
+        if is_sentinel(url):
+            return url  # checked with its master name, in _sentinel_urls
         try:
             parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         except ValueError as exc:  # its messages name the scheme or the port, not the URL
             raise ValueError(f"not a URL redis-py can use: {exc}") from None
         return url
+
+    @model_validator(mode="after")
+    def _sentinel_urls(self) -> BridgeSettings:
+        from bridge.core.connection import is_sentinel, parse_sentinel
+
+        # broker and backend default to redis_url: checked as Celery will use them
+        for name, url in (("redis_url", self.redis_url), ("broker_url", self.broker),
+                          ("result_backend", self.backend)):  # fmt: skip
+            if url and is_sentinel(url):
+                if name != "redis_url" and url.lower().startswith("sentinels:"):
+                    raise ValueError(
+                        f"{name}: kombu and Celery know no sentinels:// (TLS) form; set "
+                        "BRIDGE_BROKER_URL and BRIDGE_RESULT_BACKEND to sentinel:// URLs"
+                    )
+                try:
+                    parse_sentinel(url, self.sentinel_master)
+                except ConfigError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -26,9 +26,11 @@ from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from bridge.core.breaker import BreakerState
+from bridge.core.connection import sync_redis
 from bridge.core.keys import Keys, keys_for
 from bridge.core.metrics import BREAKER_VALUES
 from bridge.core.scripts import NamedScript, text
+from bridge.errors import ConfigError
 from bridge.settings import BridgeSettings
 
 log = logging.getLogger("bridge.metrics")
@@ -346,8 +348,10 @@ def register(
     """Export the fleet's state with this process' metrics (once per process). A Redis
     URL this client cannot open is logged, and the process' own metrics still served."""
     try:
-        client = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
-    except ValueError as exc:
+        client = sync_redis(
+            settings.redis_url, settings.sentinel_master, socket_connect_timeout=2, socket_timeout=2
+        )
+    except (ValueError, ConfigError) as exc:
         log.warning("fleet metrics not exported: %s", exc)
         return None
     collector = FleetCollector(client, settings)

@@ -21,10 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery, states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.canvas import signature
 from redis.asyncio import Redis
 
+from bridge.core.connection import async_redis, is_sentinel
 from bridge.core.model import (
     CANCELLED,
     COMPLETED,
@@ -93,13 +94,17 @@ return 1
 
 
 def fast_backend(app: Celery) -> Redis | None:
-    """An asyncio client on the app's result backend when it is plain Redis (not
-    Sentinel, not another backend): the one the fast path writes with."""
+    """An asyncio client on the app's result backend when it is Redis (a server, or a
+    primary found through Sentinel), the one the fast path writes with; None for any
+    other backend."""
     backend = app.backend
     url = str(app.conf.result_backend or "")
+    if type(backend) is SentinelBackend and is_sentinel(url):
+        options = app.conf.result_backend_transport_options or {}
+        return async_redis(url, options.get("master_name"))
     if type(backend) is not RedisBackend or not url.startswith(("redis://", "rediss://")):
         return None
-    return Redis.from_url(url)
+    return async_redis(url)
 
 
 class CeleryResults:

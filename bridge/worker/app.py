@@ -19,14 +19,15 @@ from typing import Any
 from celery import Celery, signals
 from celery.app.control import Control
 from celery.schedules import crontab
-from redis import Redis
 from redis.exceptions import RedisError
 
 from bridge.core import metrics
+from bridge.core.connection import is_sentinel, sync_redis, transport_options
 from bridge.core.keys import keys_for
 from bridge.core.ledger import cancel_sync
 from bridge.errors import ConfigError
 from bridge.settings import BridgeSettings
+from bridge.worker import broker
 from bridge.worker.runtime import LoopThread
 from bridge.worker.service import BridgeService
 
@@ -83,7 +84,7 @@ def record_cancels(settings: BridgeSettings, ids: list[str]) -> None:
     is answered CANCELLED, and its job cancelled, whenever it arrives or wherever it is."""
     keys = keys_for(settings)
     try:
-        client = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        client = sync_redis(settings.redis_url, settings.sentinel_master)
         try:
             for one in ids:
                 cancel_sync(client, keys, one)
@@ -136,7 +137,16 @@ def create_app(settings: BridgeSettings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         # Our tasks only hand over (seconds at most), so a task still unacknowledged
         # after this was lost with its worker: redeliver it (the ledger makes that safe).
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            **transport_options(settings.broker, settings.sentinel_master),
+        },
+        # sentinel:// brokers: kombu's Sentinel transport, repaired (see bridge.worker.broker)
+        broker_transport=broker.TRANSPORT if is_sentinel(settings.broker) else None,
+        # sentinel:// backends find their primary by name (Celery's SentinelBackend).
+        result_backend_transport_options=transport_options(
+            settings.backend, settings.sentinel_master
+        ),
         beat_schedule=beat_schedule(settings),
         bridge_settings=settings,
     )
@@ -222,7 +232,7 @@ def _start_in_main_process(sender: Any = None, **_: Any) -> None:
             settings: BridgeSettings = (celery or app).conf.bridge_settings
             for route in settings.routes.values():
                 route.api_key()
-            Redis.from_url(settings.redis_url, socket_connect_timeout=5).ping()
+            sync_redis(settings.redis_url, settings.sentinel_master).ping()
         except (ConfigError, OSError, RedisError) as exc:
             print(f"bridge worker cannot start: {exc}", file=sys.stderr, flush=True)
             os._exit(3)

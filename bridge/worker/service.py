@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bridge.core import metrics
 from bridge.core.breaker import Breakers
 from bridge.core.budget import Budgets, Limit
+from bridge.core.connection import async_redis
 from bridge.core.keys import Keys, keys_for
 from bridge.core.leases import Leases
 from bridge.core.ledger import Ledger
@@ -79,10 +80,10 @@ class BridgeService:
         process cannot serve, so the worker stops instead of looking healthy."""
         settings, keys = self.settings, self.keys
         # Thousands of jobs share one process: wait for a free connection, never fail.
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=64, timeout=30, health_check_interval=30
-        )
-        self.redis = Redis(connection_pool=pool)
+        self.redis: Redis = async_redis(
+            settings.redis_url, settings.sentinel_master,
+            max_connections=64, wait_s=30, health_check_interval=30,
+        )  # fmt: skip
         await self.redis.ping()  # fail at boot, not on the first request
         self.ledger = Ledger(self.redis, keys)
         self.budgets = Budgets(self.redis, _limits(settings), keys)

@@ -14,16 +14,38 @@ import logging
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import Reject, Retry
 from celery.worker import control
 from celery.worker.control import _find_requests_by_id
 from celery.worker.request import Request as CeleryRequest
 from celery.worker.state import revoked as revoked_tasks
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.core.model import Admitted, Continuation, Refusal
 from bridge.ingress.admission import TASK_ARGUMENTS
 from bridge.worker.app import Runtime, record_cancels
 
 log = logging.getLogger("bridge.tasks")
+
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
+"""The bridge's Redis cannot be reached now (a failover, a restart): come back later."""
+
+
+def hand_back(task: Task, exc: Exception) -> Retry | Reject:
+    """What ``bridge.run`` raises when the bridge's Redis is away (during a Sentinel
+    failover, for a second or two): the message goes back to the broker instead of
+    being acknowledged as failed and lost. A retry in a second when the broker takes it;
+    when the broker is away too (the same Redis), Celery would drop the message
+    (``Reject(requeue=False)``), so it is rejected with ``requeue=True`` instead, and
+    stays unacknowledged in the broker until its visibility timeout hands it back."""
+    log.warning("bridge.run %s: Redis is away (%s); handing the message back", task.request.id,
+                exc)  # fmt: skip
+    try:
+        retry: Retry = task.retry(countdown=1.0, exc=exc, throw=False)
+    except Reject:
+        return Reject(exc, requeue=True)
+    return retry
 
 
 class BridgeRunRequest(CeleryRequest):  # type: ignore[misc]  # Celery is untyped
@@ -64,15 +86,18 @@ def run(self: Task, *args: Any, **kwargs: Any) -> str:
         task_id=req.id, root_id=req.root_id, parent_id=req.parent_id,
         chain=req.chain, callbacks=req.callbacks, errbacks=req.errbacks,
     )  # fmt: skip
-    admitted = runtime.loop.call(
-        service.admit_task(arguments, unexpected, continuation), timeout=timeout
-    )
-    if admitted is Admitted.DEFERRED:
-        # The endpoint is down: hand the message back to the broker for later, chain
-        # and all (not taken over yet), instead of burning its retries.
-        route = str(arguments.get("route") or "")
-        wait = runtime.loop.call(service.breaker_wait(route), timeout=timeout)
-        raise self.retry(countdown=max(1.0, wait))
+    try:
+        admitted = runtime.loop.call(
+            service.admit_task(arguments, unexpected, continuation), timeout=timeout
+        )
+        if admitted is Admitted.DEFERRED:
+            # The endpoint is down: hand the message back to the broker for later, chain
+            # and all (not taken over yet), instead of burning its retries.
+            route = str(arguments.get("route") or "")
+            wait = runtime.loop.call(service.breaker_wait(route), timeout=timeout)
+            raise self.retry(countdown=max(1.0, wait))
+    except REDIS_AWAY as exc:
+        raise hand_back(self, exc) from exc
     # Celery would run these now; the bridge runs them when the job has ended.
     req.chain = req.callbacks = req.errbacks = None
     return "rejected" if isinstance(admitted, Refusal) else admitted.value

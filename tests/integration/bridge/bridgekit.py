@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from conftest import close_app
 
+from bridge.core.connection import sync_redis
 from bridge.emulator.testing import EmulatorHandle
 from bridge.producer import JsonDoorClient
 from bridge.settings import BridgeSettings
@@ -23,7 +24,7 @@ class Setup:
         self.env = env
         self.settings = settings
         self.log = log
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis: redis.Redis = sync_redis(settings.redis_url, settings.sentinel_master)
         self.producer = JsonDoorClient(settings, self.redis)
         self.app = create_app(settings)
 
