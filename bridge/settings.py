@@ -82,7 +82,9 @@ class RouteConfig(BaseModel):
     mode: Mode = Field("poll", description="how its jobs are followed, unless a request says")
     policy: dict[str, Any] | None = Field(None, description="default RunPod policy")
     queue: str = Field("bridge", min_length=1, description="Celery queue of its requests")
-    max_in_flight: int = Field(1000, ge=1, description="jobs in flight before holding back")
+    max_in_flight: int = Field(
+        1000, ge=1, description="jobs at the endpoint at once, across every worker"
+    )
     budgets: dict[str, int] = Field(
         default_factory=lambda: dict(RUNPOD_BUDGETS),
         description="requests per operation per window, shared by all workers; an "

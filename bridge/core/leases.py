@@ -37,6 +37,15 @@ if #dead == 0 and full ~= '1' then
   return {adopted, own}
 end
 for route in string.gmatch(routes, '[^\\n]+') do
+  if full == '1' then  -- a slot whose request is no longer submitting/submitted is free
+    local slots = prefix .. ':slots:' .. route
+    for _, id in ipairs(redis.call('HKEYS', slots)) do
+      local state = redis.call('HGET', prefix .. ':req:' .. id, 'state')
+      if state ~= 'submitting' and state ~= 'submitted' then
+        redis.call('HDEL', slots, id)
+      end
+    end
+  end
   local set = prefix .. ':inflight:' .. route
   for _, id in ipairs(redis.call('SMEMBERS', set)) do
     local key = prefix .. ':req:' .. id

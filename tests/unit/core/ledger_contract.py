@@ -72,9 +72,9 @@ async def test_reopen_allows_one_more_submission_only_from_submitting(
 ) -> None:
     ledger = Ledger(redis, keys)
     await ledger.claim(request(), "w1")
-    assert await ledger.reopen("r1") is False  # accepted: nothing to reopen
+    assert await ledger.reopen("r1", "echo") is False  # accepted: nothing to reopen
     await ledger.mark_submitting("r1", "w1")
-    assert await ledger.reopen("r1") is True
+    assert await ledger.reopen("r1", "echo") is True
     assert (await ledger.mark_submitting("r1", "w2")).granted is True
 
 
@@ -309,3 +309,40 @@ async def test_a_claim_may_take_the_first_grant_unless_a_cancel_came_first(
     await ledger.request_cancel("g2")
     cancelled = await ledger.claim(request("g2"), "w1", grant=True)
     assert (cancelled.state, cancelled.cancel_requested) == ("accepted", True)
+
+
+async def test_a_routes_slots_are_fleet_wide_and_freed_when_final_or_reopened(
+    redis: Redis, keys: Keys
+) -> None:
+    ledger = Ledger(redis, keys)
+    for n in range(4):
+        await ledger.claim(request(f"s{n}"), "w1")
+    first = await ledger.mark_submitting("s0", "w1", route="echo", cap=2)
+    second = await ledger.mark_submitting("s1", "w2", route="echo", cap=2)  # another worker
+    full = await ledger.mark_submitting("s2", "w3", route="echo", cap=2)
+    assert (first.granted, second.granted) == (True, True)
+    assert (full.granted, full.no_slot, full.submissions) == (False, True, 0)
+    assert (await ledger.get("s2")).state == "accepted"  # untouched: it asks again later
+    assert await redis.hgetall(keys.slots("echo")) == {b"s0": b"w1", b"s1": b"w2"}
+    # A claim's grant takes a slot too, and none when the route is full.
+    assert (await ledger.claim(request("s9"), "w1", grant=True, cap=2)).state == "accepted"
+    await ledger.finalize(request("s0"), {}, reply_ttl_s=60, result_ttl_s=60, finisher="x")
+    assert (await ledger.mark_submitting("s2", "w3", route="echo", cap=2)).granted is True
+    assert (await ledger.mark_submitting("s3", "w3", route="echo", cap=2)).no_slot
+    assert await ledger.reopen("s1", "echo") is True  # an ambiguous submit resumed
+    assert (await ledger.mark_submitting("s3", "w3", route="echo", cap=2)).granted is True
+    assert set(await redis.hkeys(keys.slots("echo"))) == {b"s2", b"s3"}
+
+
+async def test_a_full_adopt_frees_the_slots_of_requests_no_longer_in_flight(
+    redis: Redis, keys: Keys
+) -> None:
+    ledger = Ledger(redis, keys)
+    await ledger.claim(request("held"), "w1", grant=True, cap=5)
+    await redis.hset(keys.slots("echo"), "gone", "dead-worker")  # its record expired
+    leases = Leases(redis, keys, "w1", ttl_s=30)
+    await leases.renew()
+    await leases.adopt(["echo"], 100)
+    assert await redis.hlen(keys.slots("echo")) == 2  # only a full look sweeps
+    await leases.adopt(["echo"], 100, full=True)
+    assert await redis.hkeys(keys.slots("echo")) == [b"held"]
