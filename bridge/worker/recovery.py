@@ -44,11 +44,18 @@ class Recovery:
         self.full_every_s = full_every_s
         self.renewed_at = 0.0
         """When the lease was last renewed (monotonic clock): the worker's health."""
+        self.suspects: set[str] = set()
+        """Workers late with their renewals but still connected (not adopted from)."""
 
     async def recover(self, limit: int = 1000, *, full: bool = False) -> int:
         """Adopt requests whose worker's lease expired and follow them here (``full``:
         look at every in-flight request, not only when an owner went silent)."""
         found = await self.leases.adopt(self.routes, limit, full=full)
+        suspects = set(found.suspects)
+        for owner in suspects - self.suspects:
+            log.warning("worker %s is late renewing its lease but still connected: "
+                        "not adopting its requests (stopped or starved?)", owner)  # fmt: skip
+        self.suspects = suspects
         resumed = 0
         for request_id in found.adopted:
             resumed += await self.tracker.resume(request_id)

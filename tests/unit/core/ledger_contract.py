@@ -212,6 +212,54 @@ async def test_leases_adopt_only_the_requests_of_dead_owners(redis: Redis, keys:
     assert (full.adopted, sorted(full.own)) == ([], ["a", "d"])
 
 
+def named_client(redis: Redis, name: str | None) -> Redis:
+    """Another connection to the same server (real or fake), named ``name``."""
+    pool = redis.connection_pool
+    kwargs = {**pool.connection_kwargs, "client_name": name}
+    own_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
+    return Redis(connection_pool=own_pool, single_connection_client=True)
+
+
+async def age_renewals(redis: Redis, keys: Keys, **seconds_ago: float) -> None:
+    """Make owners' last renewals that old (by Redis' clock, the one leases use)."""
+    secs, micros = await redis.time()
+    now_ms = secs * 1000 + micros // 1000
+    await redis.zadd(keys.owners, {o: now_ms - s * 1000 for o, s in seconds_ago.items()})
+
+
+async def test_a_connected_owner_is_not_adopted_from_and_a_vanished_one_is(
+    redis: Redis, keys: Keys
+) -> None:
+    ledger = Ledger(redis, keys)
+    starved_presence = named_client(redis, keys.presence("starved"))
+    killed_presence = named_client(redis, None)  # its named connection died with it
+    me = Leases(redis, keys, "me", ttl_s=30, adopt_after_s=2, hung_s=60)
+    starved = Leases(redis, keys, "starved", ttl_s=30, presence=starved_presence,
+                     adopt_after_s=2, hung_s=60)  # fmt: skip
+    killed = Leases(redis, keys, "killed", ttl_s=30, presence=killed_presence,
+                    adopt_after_s=2, hung_s=60)  # fmt: skip
+    legacy = Leases(redis, keys, "legacy", ttl_s=30, adopt_after_s=2, hung_s=60)
+    try:
+        for lease in (me, starved, killed, legacy):
+            await lease.renew()
+        for n, owner in enumerate(("starved", "killed", "legacy")):
+            await ledger.claim(request(f"q{n}"), owner)
+        assert "starved" in await me.present()
+        assert (await me.adopt(["echo"], 100)).adopted == []  # all renewed just now
+        await age_renewals(redis, keys, starved=10, killed=10, legacy=10)
+        found = await me.adopt(["echo"], 100)
+        # killed: no presence connection and late; starved: late but connected; legacy:
+        # no presence connection to judge by, its lease (30 s) still stands.
+        assert (found.adopted, found.suspects) == (["q1"], ["starved"])
+        assert (await ledger.get("q1")).owner == "me"
+        await age_renewals(redis, keys, starved=61)  # connected, silent past hung_s: hung
+        assert (await me.adopt(["echo"], 100)).adopted == ["q0"]
+    finally:
+        for client in (starved_presence, killed_presence):
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+
 async def test_the_breaker_opens_probes_and_closes(redis: Redis, keys: Keys) -> None:
     now = [1000.0]
     breakers = Breakers(redis, keys, threshold=3, open_s=30.0, cache_s=0.0,
