@@ -76,8 +76,12 @@ local function is_dead(o)
   verdicts[o] = dead
   return dead
 end
+local late = redis.call('ZRANGEBYSCORE', owners, '-inf', now_ms - adopt_ms)
+if #late > 0 and known ~= '1' then
+  return {{}, {}, {}, 1}  -- someone is late: judging them needs who is present
+end
 local dead, suspects = {}, {}
-for _, o in ipairs(redis.call('ZRANGEBYSCORE', owners, '-inf', now_ms - adopt_ms)) do
+for _, o in ipairs(late) do
   if is_dead(o) then
     table.insert(dead, o)
   elseif here[o] then
@@ -86,7 +90,7 @@ for _, o in ipairs(redis.call('ZRANGEBYSCORE', owners, '-inf', now_ms - adopt_ms
 end
 local adopted, own = {}, {}
 if #dead == 0 and full ~= '1' then
-  return {adopted, own, suspects}
+  return {adopted, own, suspects, 0}
 end
 for route in string.gmatch(routes, '[^\\n]+') do
   if full == '1' then  -- a slot whose request is no longer submitting/submitted is free
@@ -113,7 +117,7 @@ for route in string.gmatch(routes, '[^\\n]+') do
       redis.call('HSET', key, 'owner', me)
       table.insert(adopted, id)
       if #adopted >= limit then
-        return {adopted, own, suspects}
+        return {adopted, own, suspects, 0}
       end
     end
   end
@@ -121,10 +125,10 @@ end
 for _, o in ipairs(dead) do
   redis.call('ZREM', owners, o)  -- nothing of theirs is left to adopt
 end
-return {adopted, own, suspects}
+return {adopted, own, suspects, 0}
 """,
-    args=("prefix", "me", "limit", "adopt_ms", "hung_ms", "present", "presence_value",
-          "full", "routes"),
+    args=("prefix", "me", "limit", "adopt_ms", "hung_ms", "known", "present",
+          "presence_value", "full", "routes"),
 )  # fmt: skip
 
 
@@ -222,18 +226,25 @@ class Leases:
         Cheap unless some owner is dead, or ``full``: then every in-flight request is
         looked at, and ours are returned too (the caller resumes those it does not
         follow: a safety net for a request this process lost track of)."""
-        present = await self.present()  # read right before: a dead one stays gone
-        adopted, own, suspects = await self._adopt(
-            prefix=self.keys.prefix,
-            me=self.owner,
-            limit=limit,
-            adopt_ms=int(self.adopt_after_s * 1000),
-            hung_ms=int(self.hung_s * 1000),
-            present="\n".join(present),
-            presence_value=PRESENCE,
-            full="1" if full else "0",
-            routes="\n".join(routes),
-        )
+        # CLIENT LIST costs Redis time per connection: it is read only when some owner
+        # is late (the script says so) or for a full look, right before the judgement.
+        present = await self.present() if full else None
+        while True:
+            adopted, own, suspects, needs_presence = await self._adopt(
+                prefix=self.keys.prefix,
+                me=self.owner,
+                limit=limit,
+                adopt_ms=int(self.adopt_after_s * 1000),
+                hung_ms=int(self.hung_s * 1000),
+                known="0" if present is None else "1",
+                present="\n".join(present or ()),
+                presence_value=PRESENCE,
+                full="1" if full else "0",
+                routes="\n".join(routes),
+            )
+            if not needs_presence or present is not None:
+                break
+            present = await self.present()
         return Found(
             [text(i) for i in adopted], [text(i) for i in own], [text(o) for o in suspects]
         )
