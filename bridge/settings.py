@@ -233,7 +233,10 @@ class BridgeSettings(BaseSettings):
     )
     breaker_open_s: float = Field(30.0, gt=0, description="how long it stays open before a probe")
     lease_ttl_s: float = Field(
-        15.0, gt=0, description="a silent worker's requests are adopted after this"
+        15.0,
+        gt=0,
+        description="a worker's lease; once it expired, a worker without a presence "
+        "connection is taken for dead (see adopt_after_s)",
     )
     recovery_interval_s: float = Field(
         1.0, gt=0, description="how often the lease is renewed and orphans looked for"
