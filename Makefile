@@ -25,6 +25,7 @@ demo: $(STAMP) ## Run the main job on embedded defaults: emulator, Redis, worker
 
 test: $(STAMP) ## Lint, type-check and run every test (finds or starts Redis and RabbitMQ)
 	@scripts/ensure-redis
+	@VENV=$(VENV) scripts/ensure-promtool
 	@scripts/ensure-rabbitmq
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -36,6 +37,7 @@ test-stress: $(STAMP) ## `CI=true make test` three times in a row with a CPU hog
 	@scripts/test-stress
 
 unit: $(STAMP) ## Only the fast unit tier (no sockets)
+	@VENV=$(VENV) scripts/ensure-promtool
 	$(BIN)/pytest -m "not integration"
 
 integration: $(STAMP) ## Only the integration tier

@@ -137,9 +137,10 @@ def demo(port: int) -> None:
 
 def _register() -> None:
     from bridge.commands import COMMANDS
+    from bridge.fleet_commands import COMMANDS as FLEET_COMMANDS
     from bridge.probe import ping
 
-    for command in [*COMMANDS, ping]:
+    for command in [*COMMANDS, *FLEET_COMMANDS, ping]:
         main.add_command(command)
 
 

@@ -1,7 +1,8 @@
-"""The README's generated parts: the configuration reference (from the settings
-models) and the Redis key schema (from :mod:`bridge.core.keys`).
+"""The documentation's generated parts: the configuration reference (from the settings
+models) in docs/configuration.md and the Redis key schema (from :mod:`bridge.core.keys`)
+in docs/redis.md.
 
-``python -m bridge.docs`` rewrites the blocks between their markers in README.md;
+``python -m bridge.docs`` rewrites the blocks between their markers in those pages;
 ``python -m bridge.docs --check`` exits 1 when one is stale (tests/unit/test_readme.py
 fails then too). Every field's type, default and description come from
 :class:`~bridge.settings.BridgeSettings`, :class:`~bridge.settings.RouteConfig` and
@@ -38,7 +39,9 @@ KEYS_BEGIN = (
     "tests/unit/test_readme.py fails when it differs -->"
 )
 KEYS_END = "<!-- /key-schema -->"
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+REDIS = ROOT / "docs" / "redis.md"
 
 
 def render_type(annotation: Any) -> str:
@@ -155,33 +158,37 @@ def key_schema() -> str:
     return "\n".join([*lines, "", KEYS_END])
 
 
-BLOCKS = {"configuration reference": (BEGIN, END, reference),
-          "key schema": (KEYS_BEGIN, KEYS_END, key_schema)}  # fmt: skip
+BLOCKS = {"configuration reference": (CONFIGURATION, BEGIN, END, reference),
+          "key schema": (REDIS, KEYS_BEGIN, KEYS_END, key_schema)}  # fmt: skip
 
 
-def current(readme: str, begin: str = BEGIN, end_marker: str = END) -> str | None:
-    """A block as README.md has it now (None when its markers are missing)."""
-    start = readme.find(begin)
-    end = readme.find(end_marker, start)
-    return readme[start : end + len(end_marker)] if start >= 0 and end >= 0 else None
+def current(text: str, begin: str = BEGIN, end_marker: str = END) -> str | None:
+    """A block as a page has it now (None when its markers are missing)."""
+    start = text.find(begin)
+    end = text.find(end_marker, start)
+    return text[start : end + len(end_marker)] if start >= 0 and end >= 0 else None
 
 
 def main(argv: list[str]) -> int:
-    text = README.read_text(encoding="utf-8")
     stale = []
-    for name, (begin, end, render) in BLOCKS.items():
+    pages: dict[Path, str] = {}
+    for name, (page, begin, end, render) in BLOCKS.items():
+        text = pages.setdefault(page, page.read_text(encoding="utf-8"))
         block = current(text, begin, end)
+        shown = page.relative_to(ROOT)
         if block is None:
-            print(f"README.md has no {begin!r} … {end!r} block", file=sys.stderr)
+            print(f"{shown} has no {begin!r} … {end!r} block", file=sys.stderr)
             return 1
         if block != render():
-            stale.append(name)
-            text = text.replace(block, render())
+            stale.append(f"{shown}'s {name}")
+            pages[page] = text.replace(block, render())
     if "--check" in argv:
-        print(f"README.md's {', '.join(stale)} is stale" if stale else "up to date")
+        print(f"stale: {', '.join(stale)}" if stale else "up to date")
         return int(bool(stale))
-    README.write_text(text, encoding="utf-8")
-    print("README.md's generated blocks regenerated")
+    for page, text in pages.items():
+        page.write_text(text, encoding="utf-8")
+    names = ", ".join(str(p.relative_to(ROOT)) for p in pages)
+    print(f"the generated blocks of {names} are up to date")
     return 0
 
 

@@ -2,7 +2,7 @@
 lives. Every part of the bridge (worker, doors, egress, CLI, demo, probes) builds its keys
 here, so a key cannot be spelled two ways.
 
-``python -m bridge.docs`` renders :func:`schema` into the README's operations section.
+``python -m bridge.docs`` renders :func:`schema` into docs/redis.md.
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ HEALTH_TTL_FACTOR = 10
 
 OWNERS_TTL_S = 7 * 86_400
 """The index of workers that held leases; rewritten at every renewal."""
+
+TALLY_BUCKET_S = 10
+"""Finished requests are counted per route in buckets this many seconds wide."""
+
+TALLY_TTL_S = 180
+"""A tally bucket outlives the minute ``bridge top`` reads by two more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +134,11 @@ class Keys:
     def stat(self, name: str) -> str:
         return f"{self.prefix}:stats:{name}"
 
+    def tally(self, route: str, bucket: int | str) -> str:
+        """Requests of ``route`` that ended in the ``TALLY_BUCKET_S`` seconds numbered
+        ``bucket`` (Unix time // width): counts per status and a latency histogram."""
+        return f"{self.prefix}:tally:{route}:{bucket}"
+
     # -- channels -------------------------------------------------------------------------
     @property
     def cancel_channel(self) -> str:
@@ -189,6 +200,9 @@ def schema(keys: Keys | None = None) -> list[KeySpec]:
                 "JSON-door entries read again, counted while handled (poison detection)"),
         KeySpec(k.stat("{name}"), "string", "none (counters)",
                 "ambiguous submissions counted per cause"),
+        KeySpec(k.tally("{route}", "{bucket}"), "hash", f"{TALLY_TTL_S} s",
+                f"requests ended in a {TALLY_BUCKET_S} s bucket: s:STATUS counts, l:N "
+                "latency histogram (`bridge top`)"),
         KeySpec(k.reply("{id}"), "list", "the route's reply_ttl_s",
                 "replies of `bridge submit` and the demo (producers name their own)"),
         KeySpec(k.requests_stream, "stream", "entries deleted once handled",

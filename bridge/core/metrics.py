@@ -60,6 +60,10 @@ ENDPOINT_JOBS = Gauge(
 CANCELLATIONS = Counter("bridge_cancellations_total", "Cancels sent to endpoints", ["route"])
 PURGED = Counter("bridge_purged_jobs_total", "Our requests ended by a queue purge", ["route"])
 DEAD_LETTERS = Counter("bridge_dead_letters_total", "Entries written to the DLQ", ["reason"])
+ADOPTED = Counter(
+    "bridge_requests_adopted_total",
+    "Requests taken over from a worker whose lease expired (it died or stalled)",
+)
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 

@@ -19,6 +19,7 @@ from bridge.core import metrics
 from bridge.core.keys import Keys
 from bridge.core.ledger import Delivery, Ledger
 from bridge.core.model import REJECTED, Outcome, Refusal, Request
+from bridge.core.tally import Tally
 from bridge.egress.celery_results import CeleryResults
 from bridge.settings import BridgeSettings, RouteConfig
 
@@ -59,6 +60,7 @@ class Egress:
         self.keys = keys
         self.ledger = ledger
         self.results = results
+        self.tally = Tally(redis, keys)
 
     def _route(self, name: str) -> RouteConfig:
         return self.settings.routes.get(name) or DEFAULT_ROUTE
@@ -88,6 +90,7 @@ class Egress:
     ) -> None:
         """What follows a won finalize: metrics, the dead letter, the Celery result and
         canvas. ``done`` names the parts already written (a retry skips them)."""
+        latency_s = time.time() - request.accepted_at
         if "metrics" not in done:
             metrics.observe_final(
                 request.route, request.mode, outcome.status, outcome.reason, outcome.job,
@@ -115,6 +118,9 @@ class Egress:
             endpoint_id = self._route(request.route).endpoint_id
             await self.results.finish(request.continuation, outcome, request.id, endpoint_id)
             done.add("celery")
+        if "tally" not in done:  # last: no producer waits on `bridge top`'s figures
+            await self.tally.record(request.route, outcome.status, latency_s)
+            done.add("tally")
 
     async def chunk(self, request: Request, output: Any) -> int:
         """Push one stream chunk to the reply list (see :meth:`Ledger.push_chunk`)."""

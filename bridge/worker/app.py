@@ -164,8 +164,10 @@ class Runtime:
         # full collections took half the CPU with 10,000 jobs in flight).
         gc.freeze()
         gc.set_threshold(20_000, 10, 10)
-        if settings.metrics_port:
-            metrics.serve(settings.metrics_port, settings.metrics_host)
+        if settings.metrics_port and metrics.serve(settings.metrics_port, settings.metrics_host):
+            from bridge.core import fleet_metrics  # only where metrics are served
+
+            fleet_metrics.register(settings)  # the fleet's state too, read at each scrape
 
     @classmethod
     def get(cls, celery: Celery | None = None) -> Runtime:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
+from bridge.core import metrics
 from bridge.core.leases import Leases
 from bridge.worker.tracker import Tracker
 
@@ -65,6 +66,7 @@ class Recovery:
         resumed = 0
         for request_id in found.adopted:
             resumed += await self.tracker.resume(request_id)
+        metrics.ADOPTED.inc(len(found.adopted))
         for request_id in found.own:
             resumed += await self.tracker.resume(request_id, own=True)
         if resumed:

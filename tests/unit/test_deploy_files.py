@@ -105,7 +105,7 @@ def settings_env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_compose_has_every_service_with_a_health_check(services: dict[str, Any]) -> None:
-    assert set(services) == {"redis", *BRIDGE_SERVICES, "flower"}
+    assert set(services) == {"redis", *BRIDGE_SERVICES, "flower", "prometheus", "grafana"}
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
 

@@ -169,6 +169,11 @@ def test_reap_resumes_a_dead_workers_requests(
         node = f"reap-b-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
         b = start_worker(patient, setup.log, celery_args=("-n", node))
         wait_ready(setup.app, b, setup.log, node=node)  # B itself, not A, answers
+        # B renews its lease and then, at once, takes its first full look: once its
+        # lease exists that look is under way while A lives (a B whose boot lagged until
+        # A's lease expired would adopt A's requests itself, and the reap would find none)
+        wait_until(lambda: setup.redis.exists(keys.owner(f"{socket.gethostname()}:{b.pid}")),
+                   timeout=30)  # fmt: skip
         os.kill(a.pid, signal.SIGKILL)
         a.wait(timeout=10)
         owner_key = keys.owner(f"{socket.gethostname()}:{a.pid}")

@@ -185,7 +185,7 @@ def test_the_celery_door_refuses_inputs_that_cannot_travel(pair: Bridge) -> None
 def test_a_producer_with_only_xadd_and_its_replies_can_use_the_bridge(
     pair: Bridge,
 ) -> None:
-    """The Redis ACL recipe of the README's Security section, applied: the producer may
+    """The Redis ACL recipe of docs/security.md, applied: the producer may
     XADD to the request stream and read its own reply lists, nothing else."""
     user, password = f"producer-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     stream = pair.settings.requests_stream
