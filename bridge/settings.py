@@ -82,7 +82,9 @@ class RouteConfig(BaseModel):
     mode: Mode = Field("poll", description="how its jobs are followed, unless a request says")
     policy: dict[str, Any] | None = Field(None, description="default RunPod policy")
     queue: str = Field("bridge", min_length=1, description="Celery queue of its requests")
-    max_in_flight: int = Field(1000, ge=1, description="jobs in flight before holding back")
+    max_in_flight: int = Field(
+        1000, ge=1, description="jobs at the endpoint at once, across every worker"
+    )
     budgets: dict[str, int] = Field(
         default_factory=lambda: dict(RUNPOD_BUDGETS),
         description="requests per operation per window, shared by all workers; an "
@@ -240,15 +242,48 @@ class BridgeSettings(BaseSettings):
     )
     breaker_open_s: float = Field(30.0, gt=0, description="how long it stays open before a probe")
     lease_ttl_s: float = Field(
-        15.0, gt=0, description="a silent worker's requests are adopted after this"
+        15.0,
+        gt=0,
+        description="a worker's lease; once it expired, a worker without a presence "
+        "connection is taken for dead (see adopt_after_s)",
     )
-    recovery_interval_s: float = Field(2.0, gt=0, description="how often orphans are looked for")
+    recovery_interval_s: float = Field(
+        1.0, gt=0, description="how often the lease is renewed and orphans looked for"
+    )
+    adopt_after_s: float = Field(
+        3.0,
+        gt=0,
+        description="a worker whose presence connection is gone is taken for dead once its "
+        "lease was not renewed for this long (at least twice the renewal interval)",
+    )
     stale_entry_s: float = Field(
         30.0, gt=0, description="JSON-door entries unacked this long are re-read"
     )
     routes: dict[str, RouteConfig] = Field(
         default_factory=dict, description="by name; none: echo, stream, fail on the emulator"
     )
+
+    @property
+    def renew_every_s(self) -> float:
+        """How often a worker renews its lease and looks for orphans."""
+        return min(self.lease_ttl_s / 3, self.recovery_interval_s)
+
+    @property
+    def hung_after_s(self) -> float:
+        """A worker still connected but silent this long is hung: its requests are
+        adopted all the same."""
+        return max(60.0, 4 * self.lease_ttl_s)
+
+    @model_validator(mode="after")
+    def _check_adoption(self) -> BridgeSettings:
+        if self.adopt_after_s < 2 * self.renew_every_s:
+            raise ValueError(
+                f"adopt_after_s {self.adopt_after_s:g} must be at least twice the lease "
+                f"renewal interval ({self.renew_every_s:g} s, the smaller of "
+                "recovery_interval_s and lease_ttl_s / 3): a live worker would be taken "
+                "for dead between two renewals"
+            )
+        return self
 
     @field_validator("redis_url")
     @classmethod

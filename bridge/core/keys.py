@@ -81,6 +81,11 @@ class Keys:
     def inflight(self, route: str) -> str:
         return f"{self.prefix}:inflight:{route}"
 
+    def slots(self, route: str) -> str:
+        """The route's fleet-wide ``max_in_flight`` slots: request id → the worker that
+        took the slot (held from ``submitting`` until final)."""
+        return f"{self.prefix}:slots:{route}"
+
     def route_stream(self, route: str) -> str:
         """Requests for ``route`` handed over by a worker that does not serve it."""
         return f"{self.prefix}:route:{route}:requests"
@@ -103,6 +108,15 @@ class Keys:
     @property
     def owners(self) -> str:
         return f"{self.prefix}:owners"
+
+    def presence(self, owner: str) -> str:
+        """The name (``CLIENT SETNAME``) of a worker's presence connection: Redis drops it
+        the moment the worker's process dies (its socket is closed by the kernel)."""
+        return f"{self.prefix}:presence:{owner}"
+
+    @property
+    def presence_prefix(self) -> str:
+        return f"{self.prefix}:presence:"
 
     # -- endpoints and routes -------------------------------------------------------------
     def breaker(self, endpoint_id: str) -> str:
@@ -162,8 +176,12 @@ def schema(keys: Keys | None = None) -> list[KeySpec]:
                 "a Celery task id that is not its request id → the request id"),
         KeySpec(k.inflight("{route}"), "set", "members leave when final",
                 "ids of the route's requests not yet final (recovery walks it)"),
+        KeySpec(k.slots("{route}"), "hash", "fields leave when their request is final",
+                "the route's max_in_flight slots, fleet-wide: request id → worker"),
         KeySpec(k.owner("{worker}"), "string", "the lease (lease_ttl_s), renewed",
-                "a worker process is alive"),
+                "a worker process is alive ('presence': it holds a presence connection)"),
+        KeySpec(k.presence("{worker}"), "client name", "the worker's connection",
+                "a live worker's presence connection (CLIENT LIST shows it)"),
         KeySpec(k.owners, "sorted set", f"{OWNERS_TTL_S // day} days, renewed",
                 "workers by last renewal (recovery looks for silent ones)"),
         KeySpec(k.breaker("{endpoint}"), "hash", f"{BREAKER_TTL_S // day} day after its "

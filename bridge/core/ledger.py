@@ -28,8 +28,28 @@ from bridge.core.keys import PENDING_TTL_S, TOMBSTONE_TTL_S, Keys
 from bridge.core.model import Request
 from bridge.core.scripts import NamedScript, text
 
+# A route's fleet-wide max_in_flight: one slot per request from ``submitting`` until
+# final, in the hash Keys.slots(route) (id → owner); a cap of 0 takes no slot.
+TAKE_SLOT = """
+local function take_slot(slots, id, owner, cap)
+  cap = tonumber(cap)
+  if cap <= 0 or redis.call('HEXISTS', slots, id) == 1 then
+    return true
+  end
+  if redis.call('HLEN', slots) >= cap then
+    return false
+  end
+  redis.call('HSET', slots, id, owner)
+  return true
+end
+"""
+
+NO_SLOT = "no_slot"
+""":data:`SUBMITTING`'s answer when the route's fleet-wide ``max_in_flight`` is reached."""
+
 CLAIM = NamedScript(
-    """
+    TAKE_SLOT
+    + """
 local state = redis.call('HGET', req, 'state')
 if state and state ~= 'tombstone' then
   local same = redis.call('HGET', req, 'request') == request
@@ -51,13 +71,14 @@ if state == 'tombstone' then
   redis.call('HSET', req, 'cancel', '1')
   return {'new', 'accepted', '1', reply_to}
 end
-if grant == '1' then  -- the claimer sends it now: the first submission's grant too
+if grant == '1' and take_slot(slots, id, owner, cap) then
+  -- the claimer sends it now: the first submission's grant (and its slot) too
   redis.call('HSET', req, 'state', 'submitting', 'submissions', 1)
   return {'new', 'submitting', '0', reply_to}
 end
 return {'new', 'accepted', '0', reply_to}
 """,
-    keys=("req", "inflight", "alias", "task_req"),
+    keys=("req", "inflight", "alias", "task_req", "slots"),
     args=(
         "route",
         "request",
@@ -69,21 +90,26 @@ return {'new', 'accepted', '0', reply_to}
         "token",
         "reply_to",
         "grant",
+        "cap",
     ),
 )
 
 SUBMITTING = NamedScript(
-    """
+    TAKE_SLOT
+    + """
 local state = redis.call('HGET', req, 'state')
 local cancel = redis.call('HGET', req, 'cancel') or '0'
 if state == 'accepted' then
+  if not take_slot(slots, id, owner, cap) then
+    return {'no_slot', cancel, tonumber(redis.call('HGET', req, 'submissions') or '0')}
+  end
   redis.call('HSET', req, 'state', 'submitting', 'owner', owner)
   return {'ok', cancel, redis.call('HINCRBY', req, 'submissions', 1)}
 end
 return {state or 'missing', cancel, tonumber(redis.call('HGET', req, 'submissions') or '0')}
 """,
-    keys=("req",),
-    args=("owner",),
+    keys=("req", "slots"),
+    args=("owner", "id", "cap"),
 )
 
 SUBMISSIONS = NamedScript(
@@ -123,6 +149,7 @@ if state == 'final' then
   end
   return 0
 end
+redis.call('HDEL', slots, id)  -- the route's slot is free again
 if not state or state == 'tombstone' then
   return 0
 end
@@ -145,7 +172,7 @@ if code == 1 then
 end
 return code
 """,
-    keys=("req", "inflight", "reply_to"),
+    keys=("req", "inflight", "reply_to", "slots"),
     args=("reply", "result_ttl", "reply_ttl", "id", "finisher"),
 )
 
@@ -186,11 +213,13 @@ REOPEN = NamedScript(
     """
 if redis.call('HGET', req, 'state') == 'submitting' then
   redis.call('HSET', req, 'state', 'accepted')
+  redis.call('HDEL', slots, id)  -- the next submission takes a slot again
   return 1
 end
 return 0
 """,
-    keys=("req",),
+    keys=("req", "slots"),
+    args=("id",),
 )
 
 CANCEL = NamedScript(
@@ -275,6 +304,12 @@ class Grant:
     state: str
     cancel_requested: bool
     submissions: int
+
+    @property
+    def no_slot(self) -> bool:
+        """Not granted because the route's fleet-wide ``max_in_flight`` is reached (the
+        request is still ``accepted``: ask again once a slot is free)."""
+        return self.state == NO_SLOT
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,13 +407,20 @@ class Ledger:
         self._push_reply = PUSH_REPLY.bind(redis)
 
     async def claim(
-        self, request: Request, owner: str, *, token: str = "", grant: bool = False
+        self,
+        request: Request,
+        owner: str,
+        *,
+        token: str = "",
+        grant: bool = False,
+        cap: int = 0,
     ) -> Claim:
         """Record a request before anything is sent. A known id is ``SAME`` (the same
         request again) or ``CONFLICT``; a Celery task id that differs from the request
         id is kept as an alias (for revoke). With ``grant`` a new request (not cancelled)
         is recorded ``submitting`` at once: one script instead of two when its route has
-        a free slot (:attr:`Claim.state` says which)."""
+        a free slot here and, with a ``cap``, one of the route's fleet-wide slots
+        (:attr:`Claim.state` says which)."""
         task_id = request.task_id or ""
         k = self.keys
         kind, state, cancel, reply_to = await self._claim(
@@ -396,13 +438,22 @@ class Ledger:
             token=token,
             reply_to=request.reply_to or "",
             grant="1" if grant else "0",
+            slots=k.slots(request.route),
+            cap=cap,
         )
         return Claim(ClaimKind(text(kind)), text(state), text(cancel) == "1", text(reply_to))
 
-    async def mark_submitting(self, request_id: str, owner: str) -> Grant:
-        """Take the one right to POST ``/run`` now (counted in ``submissions``)."""
+    async def mark_submitting(
+        self, request_id: str, owner: str, *, route: str = "", cap: int = 0
+    ) -> Grant:
+        """Take the one right to POST ``/run`` now (counted in ``submissions``), and with
+        a ``cap`` one of ``route``'s fleet-wide slots: none free is :attr:`Grant.no_slot`."""
         state, cancel, submissions = await self._submitting(
-            req=self.keys.request(request_id), owner=owner
+            req=self.keys.request(request_id),
+            slots=self.keys.slots(route),
+            owner=owner,
+            id=request_id,
+            cap=cap,
         )
         state = text(state)
         return Grant(state == "ok", state, text(cancel) == "1", int(submissions))
@@ -417,9 +468,13 @@ class Ledger:
         state = text(state)
         return Marked(state == "ok", state, text(cancel) == "1")
 
-    async def reopen(self, request_id: str) -> bool:
-        """An ambiguous submit resumed under ``at_least_once``: allow one more submit."""
-        return bool(await self._reopen(req=self.keys.request(request_id)))
+    async def reopen(self, request_id: str, route: str) -> bool:
+        """An ambiguous submit resumed under ``at_least_once``, or a submission handed
+        back unsent: allow one more submit (the route's slot is freed meanwhile)."""
+        k = self.keys
+        return bool(
+            await self._reopen(req=k.request(request_id), slots=k.slots(route), id=request_id)
+        )
 
     async def finalize(
         self,
@@ -443,6 +498,7 @@ class Ledger:
             reply_ttl=reply_ttl_s,
             id=request.id,
             finisher=finisher,
+            slots=k.slots(request.route),
         )
         return Delivery(int(result))
 

@@ -155,7 +155,9 @@ def summary(error: BaseException, limit: int = 300) -> str:
 
 @dataclass(frozen=True, slots=True)
 class MarkSubmitting:
-    """Take the right to POST ``/run`` (ledger); answers a :class:`Grant`."""
+    """Take the right to POST ``/run`` (ledger) and a slot of the route's fleet-wide
+    ``max_in_flight``; answers a :class:`Grant`. The driver waits for a free slot, so
+    it answers :attr:`Grant.no_slot` only when a cancel came while it waited."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,6 +489,8 @@ def _submit(
             state.asking = True
             grant: Grant = yield MarkSubmitting()
             state.asking = False
+            if grant.no_slot and (grant.cancel_requested or signals.cancel_asked()):
+                return _cancelled_before_submission()  # cancelled while waiting for a slot
             if not grant.granted:
                 raise _NotOurs
             state.holds_grant, state.phase = True, Phase.SUBMITTING

@@ -194,6 +194,7 @@ class Engine:
         state.jobs[job.id] = job
         state.enqueue(job, now)
         state.counters.submissions += 1
+        state.counters.opened()
         ttl_ms = job.policy.ttl_ms or self.settings.default_ttl_ms
         job.expires_at = now + ttl_ms / 1000
         self._schedule_deletion(state, job)
@@ -294,6 +295,7 @@ class Engine:
         job.worker_id = None
         state.retried += 1
         state.counters.retries += 1
+        state.counters.opened()  # final before: open again
         state.enqueue(job, self.now())
         self._schedule_deletion(state, job)  # the TTL again: a retry does not renew it
         job.notify()
@@ -329,6 +331,8 @@ class Engine:
         """Move ``job`` to a final state; ``reported`` when its worker said it ended
         (otherwise a running job's worker is told to stop it)."""
         was_running = job.status == IN_PROGRESS
+        if not job.final:
+            state.counters.open_jobs -= 1
         state.queue.pop(job.id, None)
         self._cancel_timeout(job)
         now = self.now()
@@ -367,6 +371,8 @@ class Engine:
             self._release(state, job)
         state.queue.pop(job.id, None)
         self._cancel_timers(job)
+        if state.jobs.get(job.id) is job and not job.final:
+            state.counters.open_jobs -= 1  # deleted unfinished (its TTL ran out)
         if state.jobs.get(job.id) is job:
             del state.jobs[job.id]
         job.notify()

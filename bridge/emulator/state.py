@@ -232,9 +232,17 @@ class Counters:
     chunks_split: int = 0
     requeued: int = 0
     worker_crashes: int = 0
+    open_jobs: int = 0
+    """Jobs created (or retried) and not yet final nor deleted: what the endpoint holds."""
+    peak_open_jobs: int = 0
+    """The most jobs it ever held at once (a fleet's ``max_in_flight``, witnessed)."""
     faults_injected: int = 0
     faults_by_kind: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     requests: dict[str, int] = field(default_factory=dict)
+
+    def opened(self) -> None:
+        self.open_jobs += 1
+        self.peak_open_jobs = max(self.peak_open_jobs, self.open_jobs)
 
     def count_fault(self, kind: str) -> None:
         self.faults_injected += 1

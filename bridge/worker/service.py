@@ -28,7 +28,7 @@ from bridge.core.breaker import Breakers
 from bridge.core.budget import Budgets, Limit
 from bridge.core.connection import async_redis
 from bridge.core.keys import Keys, keys_for
-from bridge.core.leases import Leases
+from bridge.core.leases import Leases, presence_client
 from bridge.core.ledger import Ledger
 from bridge.core.model import Admitted, Continuation, Refusal, Request
 from bridge.egress.celery_results import CeleryResults, fast_backend
@@ -112,12 +112,16 @@ class BridgeService:
             {name: r.config.health_interval_s or 0.0 for name, r in routes.items()},
             self.budgets, {name: r.purger for name, r in routes.items()},
         )  # fmt: skip
-        self.leases = Leases(self.redis, keys, self.owner, ttl_s=settings.lease_ttl_s,
-                             routes=list(settings.routes))  # fmt: skip
+        # Presence: one connection of our own, named; Redis drops it when we die.
+        presence = presence_client(settings.redis_url, keys, self.owner, settings.sentinel_master)
+        self.leases = Leases(
+            self.redis, keys, self.owner, ttl_s=settings.lease_ttl_s,
+            routes=list(settings.routes), presence=presence,
+            adopt_after_s=settings.adopt_after_s, hung_s=settings.hung_after_s,
+        )  # fmt: skip
         self.recovery = Recovery(
             self.leases, self.tracker, list(settings.routes),
-            every_s=min(settings.lease_ttl_s / 3, settings.recovery_interval_s),
-            full_every_s=settings.full_recovery_s,
+            every_s=settings.renew_every_s, full_every_s=settings.full_recovery_s,
         )  # fmt: skip
         self.admission = Admission(settings)
         self.pubsub = self.redis.pubsub()
@@ -143,6 +147,8 @@ class BridgeService:
         await self.tracker.close()
         with contextlib.suppress(RedisError, OSError):
             await self.leases.drop()  # others adopt our requests at once
+        with contextlib.suppress(RedisError, OSError):
+            await self.leases.close()
         await self.pubsub.aclose()  # type: ignore[no-untyped-call]
         await self.session.close()
         await self.redis.aclose()

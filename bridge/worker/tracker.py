@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from bridge.core import lifecycle as lc
 from bridge.core import metrics
 from bridge.core.breaker import CLOSED, HALF_OPEN, Breakers
-from bridge.core.ledger import ClaimKind, Ledger
+from bridge.core.ledger import ClaimKind, Grant, Ledger
 from bridge.core.model import CANCELLED, JOB_FINAL_STATES, Admitted, Outcome, Request
 from bridge.egress.delivery import Egress
 from bridge.errors import JobError
@@ -38,6 +38,10 @@ from bridge.runpod import AsyncioEndpoint, AsyncioJob, Hooks, PollPolicy
 from bridge.settings import BridgeSettings, RouteConfig
 
 log = logging.getLogger("bridge.tracker")
+
+SLOT_POLL_S = 0.5
+"""The longest a request waiting for a fleet-wide slot goes without asking again (a slot
+another process frees is not announced)."""
 
 
 @dataclass(eq=False)
@@ -103,6 +107,16 @@ class RouteRuntime:
         self.slots = asyncio.Semaphore(config.max_in_flight)
         self.in_flight = 0
         self.waiting = 0
+        self.slot_waiters: dict[str, Tracked] = {}
+        """Requests of this process waiting for one of the route's fleet-wide slots, the
+        longest waiting first."""
+
+    def slot_freed(self) -> None:
+        """This process freed one of the route's fleet-wide slots: wake the longest
+        waiter (the others keep polling, as for a slot another process frees)."""
+        if self.slot_waiters:
+            first = next(iter(self.slot_waiters))
+            self.slot_waiters.pop(first).wake_up()
 
     def endpoint_for(self, mode: str) -> AsyncioEndpoint:
         if mode == "webhook":
@@ -176,7 +190,9 @@ class Tracker:
         token = secrets.token_urlsafe(24) if request.mode == "webhook" else ""
         # A free slot: take the first submission's grant with the claim (one script).
         free = route.in_flight + route.waiting < route.config.max_in_flight
-        claim = await self.ledger.claim(request, self.owner, token=token, grant=free)
+        claim = await self.ledger.claim(
+            request, self.owner, token=token, grant=free, cap=route.config.max_in_flight
+        )
         metrics.REQUESTS.labels(request.door, request.route).inc()
         if claim.kind is ClaimKind.SAME:
             metrics.DEDUP.labels(request.door).inc()
@@ -316,6 +332,7 @@ class Tracker:
                 route.in_flight -= 1
                 metrics.IN_FLIGHT.labels(route.name).dec()
                 route.slots.release()
+                route.slot_freed()  # final (or handed on): its fleet-wide slot is free
         except asyncio.CancelledError:
             raise
         except Exception:  # delivery failed past every bound: the ledger keeps it
@@ -354,11 +371,11 @@ class Tracker:
             case lc.BreakerWait():
                 return await self.breaker_wait(route.config.endpoint_id)
             case lc.MarkSubmitting():
-                await self._unless_stopping(tracked)
-                return await self.ledger.mark_submitting(request.id, self.owner)
+                return await self._mark_submitting(tracked, route)
             case lc.Submit():
                 if self.stopping:  # hand it back unsent: the next owner submits it
-                    await self.ledger.reopen(request.id)
+                    await self.ledger.reopen(request.id, request.route)
+                    route.slot_freed()
                     await self.ledger.count_submission(request.id, -1)
                     await self._unless_stopping(tracked)
                 tracked.submitting = True
@@ -388,7 +405,9 @@ class Tracker:
             case lc.Reload():
                 return await self.ledger.get(request.id)
             case lc.Reopen():
-                return await self.ledger.reopen(request.id)
+                reopened = await self.ledger.reopen(request.id, request.route)
+                route.slot_freed()
+                return reopened
             case lc.CountSubmission(delta):
                 return await self.ledger.count_submission(request.id, delta)
             case lc.CountAmbiguous(cause):
@@ -421,6 +440,29 @@ class Tracker:
         bind(job_id=job.job_id)
         metrics.SUBMITTED.labels(request.route).inc()
         return job.job_id
+
+    async def _mark_submitting(self, tracked: Tracked, route: RouteRuntime) -> Grant:
+        """Take the right to submit and one of the route's fleet-wide slots, waiting while
+        every slot is taken: woken when this process frees one, else asking again after
+        a back-off of at most ``SLOT_POLL_S`` (another process freed it). A cancel while
+        waiting answers the :attr:`Grant.no_slot` grant: the request ends unsent."""
+        request = tracked.request
+        pause = SLOT_POLL_S / 8
+        try:
+            while True:
+                await self._unless_stopping(tracked)
+                grant = await self.ledger.mark_submitting(
+                    request.id, self.owner, route=request.route, cap=route.config.max_in_flight
+                )
+                if not grant.no_slot or grant.cancel_requested or tracked.signals.cancel_asked():
+                    return grant
+                woken = tracked.arm()
+                route.slot_waiters.setdefault(request.id, tracked)  # keeps its place
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, pause)
+                pause = min(pause * 2, SLOT_POLL_S)
+        finally:
+            route.slot_waiters.pop(request.id, None)
 
     async def _unless_stopping(self, tracked: Tracked) -> None:
         """While the process stops, wait here (until cancelled) instead of starting."""

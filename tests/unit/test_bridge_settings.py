@@ -480,3 +480,12 @@ def test_a_purge_schedule_faster_than_its_budget_is_refused() -> None:
         RouteConfig(endpoint_id="e", purge_every_s=1)
     assert RouteConfig(endpoint_id="e", purge_every_s=5).purge_every_s == 5
     assert RouteConfig(endpoint_id="e", purge_every_s=1, budgets={"purge-queue": 20})
+
+
+def test_adopt_after_must_outlast_two_lease_renewals() -> None:
+    settings = BridgeSettings.load()
+    assert (settings.adopt_after_s, settings.renew_every_s) == (3.0, 1.0)
+    assert settings.hung_after_s == 60.0
+    message = config_error(adopt_after_s=1.5)
+    assert "adopt_after_s 1.5 must be at least twice the lease renewal interval (1 s" in message
+    assert BridgeSettings.load(adopt_after_s=1.5, recovery_interval_s=0.5).adopt_after_s == 1.5

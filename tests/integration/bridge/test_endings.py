@@ -153,7 +153,8 @@ def test_reap_resumes_a_dead_workers_requests(
     dead after 600 s); only ``bridge.reap`` (a full look) can take them over."""
     endpoint_id = add_endpoint(emulator, "reap")
     setup = make_setup(emulator, redis_url, tmp_path / "worker.log", endpoint_id=endpoint_id)
-    patient = {**setup.env, "BRIDGE_LEASE_TTL_S": "600", "BRIDGE_FULL_RECOVERY_S": "600"}
+    patient = {**setup.env, "BRIDGE_LEASE_TTL_S": "600", "BRIDGE_FULL_RECOVERY_S": "600",
+               "BRIDGE_ADOPT_AFTER_S": "600"}  # fmt: skip
     keys = keys_for(setup.settings)
     a = start_worker(setup.env, setup.log)
     b = None

@@ -72,9 +72,9 @@ async def test_reopen_allows_one_more_submission_only_from_submitting(
 ) -> None:
     ledger = Ledger(redis, keys)
     await ledger.claim(request(), "w1")
-    assert await ledger.reopen("r1") is False  # accepted: nothing to reopen
+    assert await ledger.reopen("r1", "echo") is False  # accepted: nothing to reopen
     await ledger.mark_submitting("r1", "w1")
-    assert await ledger.reopen("r1") is True
+    assert await ledger.reopen("r1", "echo") is True
     assert (await ledger.mark_submitting("r1", "w2")).granted is True
 
 
@@ -212,6 +212,54 @@ async def test_leases_adopt_only_the_requests_of_dead_owners(redis: Redis, keys:
     assert (full.adopted, sorted(full.own)) == ([], ["a", "d"])
 
 
+def named_client(redis: Redis, name: str | None) -> Redis:
+    """Another connection to the same server (real or fake), named ``name``."""
+    pool = redis.connection_pool
+    kwargs = {**pool.connection_kwargs, "client_name": name}
+    own_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
+    return Redis(connection_pool=own_pool, single_connection_client=True)
+
+
+async def age_renewals(redis: Redis, keys: Keys, **seconds_ago: float) -> None:
+    """Make owners' last renewals that old (by Redis' clock, the one leases use)."""
+    secs, micros = await redis.time()
+    now_ms = secs * 1000 + micros // 1000
+    await redis.zadd(keys.owners, {o: now_ms - s * 1000 for o, s in seconds_ago.items()})
+
+
+async def test_a_connected_owner_is_not_adopted_from_and_a_vanished_one_is(
+    redis: Redis, keys: Keys
+) -> None:
+    ledger = Ledger(redis, keys)
+    starved_presence = named_client(redis, keys.presence("starved"))
+    killed_presence = named_client(redis, None)  # its named connection died with it
+    me = Leases(redis, keys, "me", ttl_s=30, adopt_after_s=2, hung_s=60)
+    starved = Leases(redis, keys, "starved", ttl_s=30, presence=starved_presence,
+                     adopt_after_s=2, hung_s=60)  # fmt: skip
+    killed = Leases(redis, keys, "killed", ttl_s=30, presence=killed_presence,
+                    adopt_after_s=2, hung_s=60)  # fmt: skip
+    legacy = Leases(redis, keys, "legacy", ttl_s=30, adopt_after_s=2, hung_s=60)
+    try:
+        for lease in (me, starved, killed, legacy):
+            await lease.renew()
+        for n, owner in enumerate(("starved", "killed", "legacy")):
+            await ledger.claim(request(f"q{n}"), owner)
+        assert "starved" in await me.present()
+        assert (await me.adopt(["echo"], 100)).adopted == []  # all renewed just now
+        await age_renewals(redis, keys, starved=10, killed=10, legacy=10)
+        found = await me.adopt(["echo"], 100)
+        # killed: no presence connection and late; starved: late but connected; legacy:
+        # no presence connection to judge by, its lease (30 s) still stands.
+        assert (found.adopted, found.suspects) == (["q1"], ["starved"])
+        assert (await ledger.get("q1")).owner == "me"
+        await age_renewals(redis, keys, starved=61)  # connected, silent past hung_s: hung
+        assert (await me.adopt(["echo"], 100)).adopted == ["q0"]
+    finally:
+        for client in (starved_presence, killed_presence):
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+
 async def test_the_breaker_opens_probes_and_closes(redis: Redis, keys: Keys) -> None:
     now = [1000.0]
     breakers = Breakers(redis, keys, threshold=3, open_s=30.0, cache_s=0.0,
@@ -309,3 +357,40 @@ async def test_a_claim_may_take_the_first_grant_unless_a_cancel_came_first(
     await ledger.request_cancel("g2")
     cancelled = await ledger.claim(request("g2"), "w1", grant=True)
     assert (cancelled.state, cancelled.cancel_requested) == ("accepted", True)
+
+
+async def test_a_routes_slots_are_fleet_wide_and_freed_when_final_or_reopened(
+    redis: Redis, keys: Keys
+) -> None:
+    ledger = Ledger(redis, keys)
+    for n in range(4):
+        await ledger.claim(request(f"s{n}"), "w1")
+    first = await ledger.mark_submitting("s0", "w1", route="echo", cap=2)
+    second = await ledger.mark_submitting("s1", "w2", route="echo", cap=2)  # another worker
+    full = await ledger.mark_submitting("s2", "w3", route="echo", cap=2)
+    assert (first.granted, second.granted) == (True, True)
+    assert (full.granted, full.no_slot, full.submissions) == (False, True, 0)
+    assert (await ledger.get("s2")).state == "accepted"  # untouched: it asks again later
+    assert await redis.hgetall(keys.slots("echo")) == {b"s0": b"w1", b"s1": b"w2"}
+    # A claim's grant takes a slot too, and none when the route is full.
+    assert (await ledger.claim(request("s9"), "w1", grant=True, cap=2)).state == "accepted"
+    await ledger.finalize(request("s0"), {}, reply_ttl_s=60, result_ttl_s=60, finisher="x")
+    assert (await ledger.mark_submitting("s2", "w3", route="echo", cap=2)).granted is True
+    assert (await ledger.mark_submitting("s3", "w3", route="echo", cap=2)).no_slot
+    assert await ledger.reopen("s1", "echo") is True  # an ambiguous submit resumed
+    assert (await ledger.mark_submitting("s3", "w3", route="echo", cap=2)).granted is True
+    assert set(await redis.hkeys(keys.slots("echo"))) == {b"s2", b"s3"}
+
+
+async def test_a_full_adopt_frees_the_slots_of_requests_no_longer_in_flight(
+    redis: Redis, keys: Keys
+) -> None:
+    ledger = Ledger(redis, keys)
+    await ledger.claim(request("held"), "w1", grant=True, cap=5)
+    await redis.hset(keys.slots("echo"), "gone", "dead-worker")  # its record expired
+    leases = Leases(redis, keys, "w1", ttl_s=30)
+    await leases.renew()
+    await leases.adopt(["echo"], 100)
+    assert await redis.hlen(keys.slots("echo")) == 2  # only a full look sweeps
+    await leases.adopt(["echo"], 100, full=True)
+    assert await redis.hkeys(keys.slots("echo")) == [b"held"]

@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from bridge.core import lifecycle as lc
-from bridge.core.ledger import Delivery, Grant, Marked, Record
+from bridge.core.ledger import NO_SLOT, Delivery, Grant, Marked, Record
 from bridge.core.model import CANCELLED, COMPLETED, EXPIRED, FAILED, TIMED_OUT, Outcome
 from bridge.errors import (
     AuthenticationError,
@@ -69,6 +69,9 @@ class World:
     job_id: str | None = None
     cancel: bool = False
     submissions: int = 0
+    route_full: bool = False
+    """No fleet-wide slot: MarkSubmitting answers ``no_slot`` (the driver's wait ended by
+    a cancel)."""
     finalized: int = 0
     jobs_created: int = 0
     maybe_created: int = 0
@@ -91,6 +94,8 @@ class World:
         if isinstance(effect, lc.MarkSubmitting):
             if self.phase != "accepted":
                 return Grant(False, self.phase, self.cancel, self.submissions)
+            if self.route_full:
+                return Grant(False, NO_SLOT, self.cancel, self.submissions)
             self.phase, self.submissions = "submitting", self.submissions + 1
             return Grant(True, "ok", self.cancel, self.submissions)
         if isinstance(effect, lc.Reopen):
@@ -349,6 +354,14 @@ def test_a_cancel_before_submission_sends_nothing() -> None:
     assert (outcome.status, outcome.reason) == (CANCELLED, "cancelled")
     assert world.jobs_created == 0
     assert outcome.submissions == 0
+
+
+def test_a_cancel_while_waiting_for_a_fleet_slot_ends_it_unsent() -> None:
+    world = World(cancel=True, route_full=True)
+    outcome = world.run()
+    assert outcome is not None
+    assert (outcome.status, outcome.reason) == (CANCELLED, "cancelled")
+    assert (world.jobs_created, world.finalized) == (0, 1)
 
 
 def test_a_cancel_in_flight_reaches_the_endpoint() -> None:
