@@ -35,6 +35,7 @@ from bridge.emulator.testing import EmulatorHandle, wait_until
 REQUESTS = 10
 STOPPED_S = 10.0  # over three times the lease (3 s): a lease alone would lose them
 JOB_MS = 14_000  # every job outlasts the stop
+SETTLE_S = 1.0
 
 
 @dataclass
@@ -77,8 +78,11 @@ def test_a_stopped_worker_keeps_its_requests(pair: Pair, emulator: EmulatorHandl
     wait_until(lambda: setup.states(ids) == {b"submitted": REQUESTS}, timeout=30)
     os.kill(pair.a.pid, signal.SIGSTOP)
     try:
+        # a request a sent just before the stop may still be on its way to the endpoint:
+        # count from a second later (b could adopt no sooner than adopt_after_s, 3 s)
+        time.sleep(SETTLE_S)
         before = endpoint_requests(emulator, pair.endpoint)
-        time.sleep(STOPPED_S)  # b looks for orphans every 0.5 s meanwhile
+        time.sleep(STOPPED_S - SETTLE_S)  # b looks for orphans every 0.5 s meanwhile
         during = endpoint_requests(emulator, pair.endpoint) - before
     finally:
         os.kill(pair.a.pid, signal.SIGCONT)
