@@ -163,13 +163,23 @@ class JsonDoor:
         *,
         reread: bool = False,
     ) -> None:
-        """Handle entries in order; acknowledge and delete the handled ones together.
-        ``reread`` entries were delivered before: each is counted while it is handled, so
-        one that kills its process is recognised the next time."""
+        """Handle entries together, started in stream order (their ledger scripts go to
+        Redis in that order, in one pipeline: see :mod:`bridge.core.scripts`); acknowledge
+        and delete the handled ones together. ``reread`` entries were delivered before:
+        each is counted while it is handled, so one that kills its process is recognised
+        the next time. A Redis outage while handling leaves its entries pending (read
+        again) and is raised once the others are done."""
         done: list[bytes] = []
+        failure: BaseException | None = None
         try:
-            for entry_id, fields in entries:
-                if await self._handle_one(entry_id, fields, reread):
+            results = await asyncio.gather(
+                *(self._handle_one(entry_id, fields, reread) for entry_id, fields in entries),
+                return_exceptions=True,
+            )
+            for (entry_id, _), result in zip(entries, results, strict=True):
+                if isinstance(result, BaseException):
+                    failure = failure or result
+                elif result:
                     done.append(entry_id)
         finally:
             if done:
@@ -177,6 +187,8 @@ class JsonDoor:
                 pipe.xack(stream, self.group, *done)
                 pipe.xdel(stream, *done)
                 await pipe.execute()
+        if failure is not None:
+            raise failure
 
     async def _handle_one(self, entry_id: bytes, fields: dict[bytes, bytes], reread: bool) -> bool:
         """Handle one entry; True when it may be acknowledged."""
