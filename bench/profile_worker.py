@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=3)
     parser.add_argument("--top", type=int, default=30, help="frames to print")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--save", type=Path, help="keep py-spy's raw output here")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     tag = f"bench-prof-{uuid.uuid4().hex[:8]}"
@@ -61,6 +62,8 @@ def main() -> None:
             spy.send_signal(2)  # SIGINT: py-spy writes its output and stops
             spy.wait(30)
         bridge.close()
+        if args.save and out.exists():
+            shutil.copy(out, args.save)
         total = args.n * args.bursts
         print(f"{args.door} door: {total} requests in {elapsed:.1f} s "
               f"({total / elapsed:.0f}/s), worker CPU {cpu_ms:.2f} ms per request")  # fmt: skip
@@ -85,16 +88,18 @@ def report(raw: str, top: int) -> None:
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
     samples = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = stack.split(";")
+        frames = [_function(f) for f in stack.split(";")]
         samples += n
         threads[frames[0]] += n
         own[frames[-1]] += n
+        packages[_package(stack.split(";")[-1])] += n
         for frame in set(frames[1:]):
             total[frame] += n
     if not samples:
@@ -103,10 +108,28 @@ def report(raw: str, top: int) -> None:
     print(f"\n{samples} samples; by thread:")
     for name, n in threads.most_common(8):
         print(f"  {100 * n / samples:5.1f}%  {name}")
+    print("\nown time by package:")
+    for name, n in packages.most_common(12):
+        print(f"  {100 * n / samples:5.1f}%  {name}")
     for title, counter in (("own time", own), ("total time (frame and below)", total)):
         print(f"\ntop frames, {title}:")
         for frame, n in counter.most_common(top):
             print(f"  {100 * n / samples:5.1f}%  {frame[:150]}")
+
+
+def _function(frame: str) -> str:
+    """``name (path/file.py:123)`` without its line: one row per function."""
+    head, _, where = frame.rpartition(" (")
+    return f"{head} ({where.rsplit(':', 1)[0]})" if head else frame
+
+
+def _package(frame: str) -> str:
+    """The top package of a frame's file (``aiohttp``, ``redis``, ``bridge``, ``asyncio``)."""
+    where = frame.rpartition(" (")[2]
+    path = where.rsplit(":", 1)[0]
+    if path.startswith("<"):
+        return path
+    return path.split("/")[0].removesuffix(".py")
 
 
 if __name__ == "__main__":
