@@ -78,18 +78,19 @@ class BoundScript:
 
 @dataclass(slots=True)
 class _Call:
-    script: NamedScript
+    script: NamedScript | None  # None: a plain command, in ``args``
     keys: list[Any]
     args: list[Any]
     future: asyncio.Future[Any]
 
 
 class ScriptBatcher:
-    """Sends the script calls made on one asyncio client in one loop turn as one
-    pipeline (``EVALSHA`` each, without a transaction: each script is atomic on its own,
-    as when called alone). A script Redis does not know yet (``NOSCRIPT``) is loaded and
-    its calls sent again, in order. An error of one call reaches only its caller; a
-    connection error reaches every caller of the batch.
+    """Sends the script calls (and plain commands queued with :meth:`command`) made on
+    one asyncio client in one loop turn as one pipeline (``EVALSHA`` each, without a
+    transaction: each script is atomic on its own, as when called alone). A script
+    Redis does not know yet (``NOSCRIPT``) is loaded and its calls sent again, in
+    order. An error of one call reaches only its caller; a connection error reaches
+    every caller of the batch.
 
     Args:
         redis: the asyncio client the pipelines run on.
@@ -115,15 +116,21 @@ class ScriptBatcher:
 
     def submit(self, script: NamedScript, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
         """Queue one call for the end of this loop turn; its reply arrives on the future."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending.append(_Call(script, keys, args, future))
+        return self._queue(_Call(script, keys, args, asyncio.get_running_loop().create_future()))
+
+    def _queue(self, call: _Call) -> asyncio.Future[Any]:
+        self._pending.append(call)
         if not self._scheduled:
             self._scheduled = True
             # call_soon runs after every callback already due in this turn, so the calls
             # they make join the batch.
-            loop.call_soon(self._flush_soon)
-        return future
+            call.future.get_loop().call_soon(self._flush_soon)
+        return call.future
+
+    def command(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one plain command (``"SET", key, value``) for the end of this loop turn,
+        in the same pipeline as the scripts; its reply arrives on the future."""
+        return self._queue(_Call(None, [], list(args), asyncio.get_running_loop().create_future()))
 
     def _flush_soon(self) -> None:
         self._scheduled = False
@@ -168,7 +175,12 @@ class ScriptBatcher:
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:  # first use on this server (or after SCRIPT FLUSH / a restart)
             pipe = self.redis.pipeline(transaction=False)
-            for script in {calls[i].script.sha: calls[i].script for i in missing}.values():
+            scripts: dict[str, NamedScript] = {}
+            for i in missing:
+                script = calls[i].script
+                if script is not None:  # only a script can be missing
+                    scripts[script.sha] = script
+            for script in scripts.values():
                 pipe.script_load(script.source)
             await pipe.execute()
             again = await self._pipeline([calls[i] for i in missing])
@@ -179,7 +191,10 @@ class ScriptBatcher:
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         for call in calls:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            if call.script is None:
+                pipe.execute_command(*call.args)
+            else:
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         self.round_trips += 1
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies

@@ -121,3 +121,26 @@ async def test_a_large_turn_is_split_into_bounded_pipelines(redis: Redis) -> Non
 async def test_arguments_are_still_checked_by_name(redis: Redis) -> None:
     with pytest.raises(TypeError, match="missing"):
         APPEND.bind(redis)(key="l")
+
+
+async def test_plain_commands_join_the_scripts_pipeline_in_order(redis: Redis) -> None:
+    append = APPEND.bind(redis)
+    batch = batcher_for(redis)
+    before = pipelines_sent(redis)
+    stored = batch.command("SET", "k", "v", "EX", 60)
+    pushed = append(key="l", value="x")
+    published = batch.command("PUBLISH", "k", "v")
+    read = batch.command("GET", "k")  # after the SET: the order is kept
+    assert await asyncio.gather(stored, pushed, published, read) == [True, 1, 0, b"v"]
+    assert pipelines_sent(redis) - before == 1
+    assert 0 < await redis.ttl("k") <= 60
+
+
+async def test_a_failing_plain_command_reaches_only_its_caller(redis: Redis) -> None:
+    await redis.set("text", "not a list")
+    batch = batcher_for(redis)
+    replies = await asyncio.gather(
+        batch.command("RPUSH", "text", "x"), batch.command("GET", "text"), return_exceptions=True
+    )
+    assert isinstance(replies[0], ResponseError)
+    assert replies[1] == b"not a list"
