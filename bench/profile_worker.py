@@ -97,7 +97,7 @@ def report(raw: str, top: int) -> None:
         n = int(count)
         frames = [_function(f) for f in stack.split(";")]
         samples += n
-        threads[frames[0]] += n
+        threads[stack.split(";")[0]] += n
         own[frames[-1]] += n
         packages[_package(stack.split(";")[-1])] += n
         for frame in set(frames[1:]):
