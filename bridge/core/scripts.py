@@ -102,7 +102,8 @@ class ScriptBatcher:
         self._redis = weakref.ref(redis)
         self.max_batch = max_batch
         self._pending: list[_Call] = []
-        self._scheduled = False
+        self._scheduled: asyncio.AbstractEventLoop | None = None
+        """The loop a flush is scheduled on."""
         self.round_trips = 0
         """Pipelines sent (for tests and benchmarks)."""
 
@@ -119,12 +120,17 @@ class ScriptBatcher:
         return self._queue(_Call(script, keys, args, asyncio.get_running_loop().create_future()))
 
     def _queue(self, call: _Call) -> asyncio.Future[Any]:
+        loop = call.future.get_loop()
+        if self._scheduled is not None and self._scheduled is not loop:
+            # A loop stopped before it sent its batch: those callers are gone with it.
+            self._pending = [c for c in self._pending if c.future.get_loop() is loop]
+            self._scheduled = None
         self._pending.append(call)
-        if not self._scheduled:
-            self._scheduled = True
+        if self._scheduled is None:
+            self._scheduled = loop
             # call_soon runs after every callback already due in this turn, so the calls
             # they make join the batch.
-            call.future.get_loop().call_soon(self._flush_soon)
+            loop.call_soon(self._flush_soon)
         return call.future
 
     def command(self, *args: Any) -> asyncio.Future[Any]:
@@ -133,7 +139,7 @@ class ScriptBatcher:
         return self._queue(_Call(None, [], list(args), asyncio.get_running_loop().create_future()))
 
     def _flush_soon(self) -> None:
-        self._scheduled = False
+        self._scheduled = None
         calls, self._pending = self._pending, []
         for start in range(0, len(calls), self.max_batch):
             task = asyncio.ensure_future(self._send(calls[start : start + self.max_batch]))

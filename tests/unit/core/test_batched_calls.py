@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import fakeredis
 import pytest
@@ -144,3 +145,24 @@ async def test_a_failing_plain_command_reaches_only_its_caller(redis: Redis) -> 
     )
     assert isinstance(replies[0], ResponseError)
     assert replies[1] == b"not a list"
+
+
+def test_a_batch_left_by_a_stopped_loop_does_not_hold_up_the_next_loop() -> None:
+    client = fakeredis.FakeAsyncRedis()
+    append = APPEND.bind(client)
+    first = asyncio.new_event_loop()
+
+    def stop_then_call() -> None:
+        first.stop()  # this turn is the loop's last: the batch is never sent
+        append(key="l", value="lost")
+
+    first.call_soon(stop_then_call)
+    first.run_forever()
+    first.close()
+
+    async def on_a_new_loop() -> Any:
+        reply = await asyncio.wait_for(append(key="l", value="kept"), timeout=5)
+        await client.aclose()
+        return reply
+
+    assert asyncio.run(on_a_new_loop()) == 1
