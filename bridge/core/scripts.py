@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
 from redis.client import Redis as SyncRedis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 MAX_BATCH = 512
 """At most this many script calls in one pipeline (a larger turn is split)."""
@@ -195,15 +195,26 @@ class ScriptBatcher:
         return replies
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        self.round_trips += 1
+        if len(calls) == 1:  # alone in its turn: a plain call costs less than a pipeline
+            return [await self._alone(calls[0])]
         pipe = self.redis.pipeline(transaction=False)
         for call in calls:
             if call.script is None:
                 pipe.execute_command(*call.args)
             else:
                 pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-        self.round_trips += 1
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
+
+    async def _alone(self, call: _Call) -> Any:
+        """One call's reply, or its Redis error as the reply (as a pipeline gives it)."""
+        try:
+            if call.script is None:
+                return await self.redis.execute_command(*call.args)  # type: ignore[no-untyped-call]  # untyped in redis-py
+            return await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        except ResponseError as exc:  # NoScriptError included: handled by the caller
+            return exc
 
 
 _RUNNING: set[asyncio.Future[None]] = set()

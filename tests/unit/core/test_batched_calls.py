@@ -166,3 +166,10 @@ def test_a_batch_left_by_a_stopped_loop_does_not_hold_up_the_next_loop() -> None
         return reply
 
     assert asyncio.run(on_a_new_loop()) == 1
+
+
+async def test_a_call_alone_in_its_turn_loads_an_unknown_script_too(redis: Redis) -> None:
+    await redis.script_flush()
+    assert await APPEND.bind(redis)(key="l", value="x") == 1
+    with pytest.raises(ResponseError, match="bad value"):
+        await FAILS_ON_BAD.bind(redis)(value="bad")
