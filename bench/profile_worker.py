@@ -6,7 +6,7 @@ Only samples holding the GIL are kept (``--gil``): CPU spent in Python, not wait
 Not a benchmark with targets: a tool for finding what to make cheaper. It starts what
 ``bridge_e2e`` starts (a private Redis, the emulator without rate limits, one ``bridge
 worker --concurrency 4``), attaches ``py-spy record`` to the worker (py-spy is a PyPI
-package: ``.venv/bin/pip install py-spy``), sends ``--bursts`` bursts of ``--n``
+package, the ``bench`` extra), sends ``--bursts`` bursts of ``--n``
 requests, and reads py-spy's raw (collapsed) output.
 
 Run: ``.venv/bin/python bench/profile_worker.py --door celery --n 1000``
