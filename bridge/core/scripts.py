@@ -1,17 +1,31 @@
-"""Lua scripts called with named keys and arguments.
+"""Lua scripts called with named keys and arguments, batched per loop turn.
 
 Redis passes a script positional ``KEYS[i]`` and ``ARGV[i]``; a :class:`NamedScript`
 declares their names once, binds them to Lua locals of the same names, and is called
 with keyword arguments, so a caller cannot swap two of them unnoticed.
+
+On an asyncio client, the script calls issued in one turn of the event loop (by however
+many requests) go to Redis together, in one pipeline, in the order they were made
+(:class:`ScriptBatcher`); each caller gets its own reply or its own error. A worker with
+a thousand requests in flight pays one round trip, not a thousand, for the ledger steps
+they take in the same turn (measured in ``bench/README.md``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
 from redis.client import Redis as SyncRedis
+from redis.exceptions import NoScriptError, ResponseError
+
+MAX_BATCH = 512
+"""At most this many script calls in one pipeline (a larger turn is split)."""
 
 
 class NamedScript:
@@ -29,9 +43,14 @@ class NamedScript:
         prelude = [f"local {name} = KEYS[{i}]" for i, name in enumerate(self.keys, 1)]
         prelude += [f"local {name} = ARGV[{i}]" for i, name in enumerate(self.args, 1)]
         self.source = "\n".join([*prelude, body.strip()]) + "\n"
+        # The name Redis knows a script by (EVALSHA), not a security measure.
+        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     def bind(self, redis: AsyncRedis | SyncRedis) -> BoundScript:
-        """Register on ``redis`` (sync or asyncio client)."""
+        """Register on ``redis`` (sync or asyncio client). On an asyncio client the calls
+        are batched per loop turn (see :class:`ScriptBatcher`)."""
+        if isinstance(redis, AsyncRedis):
+            return BoundScript(self, batcher_for(redis).call_for(self))
         return BoundScript(self, redis.register_script(self.source))
 
 
@@ -55,6 +74,161 @@ class BoundScript:
             keys=[values[name] for name in self._script.keys],
             args=[values[name] for name in self._script.args],
         )
+
+
+@dataclass(slots=True)
+class _Call:
+    script: NamedScript | None  # None: a plain command, in ``args``
+    keys: list[Any]
+    args: list[Any]
+    future: asyncio.Future[Any]
+
+
+class ScriptBatcher:
+    """Sends the script calls (and plain commands queued with :meth:`command`) made on
+    one asyncio client in one loop turn as one pipeline (``EVALSHA`` each, without a
+    transaction: each script is atomic on its own, as when called alone). A script
+    Redis does not know yet (``NOSCRIPT``) is loaded and its calls sent again, in
+    order. An error of one call reaches only its caller; a connection error reaches
+    every caller of the batch.
+
+    Args:
+        redis: the asyncio client the pipelines run on.
+        max_batch: most calls in one pipeline.
+    """
+
+    def __init__(self, redis: AsyncRedis, max_batch: int = MAX_BATCH) -> None:
+        # Weak: the batcher lives as long as its client (see batcher_for), no longer.
+        self._redis = weakref.ref(redis)
+        self.max_batch = max_batch
+        self._pending: list[_Call] = []
+        self._scheduled: asyncio.AbstractEventLoop | None = None
+        """The loop a flush is scheduled on."""
+        self.round_trips = 0
+        """Pipelines sent (for tests and benchmarks)."""
+
+    def call_for(self, script: NamedScript) -> Any:
+        """The function a :class:`BoundScript` calls: ``(keys=, args=) -> awaitable``."""
+
+        def call(keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+            return self.submit(script, keys, args)
+
+        return call
+
+    def submit(self, script: NamedScript, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue one call for the end of this loop turn; its reply arrives on the future."""
+        return self._queue(_Call(script, keys, args, asyncio.get_running_loop().create_future()))
+
+    def _queue(self, call: _Call) -> asyncio.Future[Any]:
+        loop = call.future.get_loop()
+        if self._scheduled is not None and self._scheduled is not loop:
+            # A loop stopped before it sent its batch: those callers are gone with it.
+            self._pending = [c for c in self._pending if c.future.get_loop() is loop]
+            self._scheduled = None
+        self._pending.append(call)
+        if self._scheduled is None:
+            self._scheduled = loop
+            # call_soon runs after every callback already due in this turn, so the calls
+            # they make join the batch.
+            loop.call_soon(self._flush_soon)
+        return call.future
+
+    def command(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one plain command (``"SET", key, value``) for the end of this loop turn,
+        in the same pipeline as the scripts; its reply arrives on the future."""
+        return self._queue(_Call(None, [], list(args), asyncio.get_running_loop().create_future()))
+
+    def _flush_soon(self) -> None:
+        self._scheduled = None
+        calls, self._pending = self._pending, []
+        for start in range(0, len(calls), self.max_batch):
+            task = asyncio.ensure_future(self._send(calls[start : start + self.max_batch]))
+            _RUNNING.add(task)
+            task.add_done_callback(_RUNNING.discard)
+
+    async def _send(self, calls: list[_Call]) -> None:
+        live = [c for c in calls if not c.future.done()]  # a cancelled caller still
+        if not live:  # has its call sent when others share the batch; alone it is not
+            return
+        try:
+            replies = await self._execute(live)
+        except asyncio.CancelledError:  # the loop is closing: so are its callers
+            for call in live:
+                call.future.cancel()
+            raise
+        except Exception as exc:  # every caller of the batch gets the error
+            for call in live:
+                if not call.future.done():
+                    call.future.set_exception(exc)
+            return
+        for call, reply in zip(live, replies, strict=True):
+            if call.future.done():
+                continue
+            if isinstance(reply, Exception):
+                call.future.set_exception(reply)
+            else:
+                call.future.set_result(reply)
+
+    @property
+    def redis(self) -> AsyncRedis:
+        redis = self._redis()
+        if redis is None:  # pragma: no cover - a call holds its client
+            raise RuntimeError("the Redis client of these scripts is gone")
+        return redis
+
+    async def _execute(self, calls: list[_Call]) -> list[Any]:
+        replies = await self._pipeline(calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:  # first use on this server (or after SCRIPT FLUSH / a restart)
+            pipe = self.redis.pipeline(transaction=False)
+            scripts: dict[str, NamedScript] = {}
+            for i in missing:
+                script = calls[i].script
+                if script is not None:  # only a script can be missing
+                    scripts[script.sha] = script
+            for script in scripts.values():
+                pipe.script_load(script.source)
+            await pipe.execute()
+            again = await self._pipeline([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        self.round_trips += 1
+        if len(calls) == 1:  # alone in its turn: a plain call costs less than a pipeline
+            return [await self._alone(calls[0])]
+        pipe = self.redis.pipeline(transaction=False)
+        for call in calls:
+            if call.script is None:
+                pipe.execute_command(*call.args)
+            else:
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def _alone(self, call: _Call) -> Any:
+        """One call's reply, or its Redis error as the reply (as a pipeline gives it)."""
+        try:
+            if call.script is None:
+                return await self.redis.execute_command(*call.args)  # type: ignore[no-untyped-call]  # untyped in redis-py
+            return await self.redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        except ResponseError as exc:  # NoScriptError included: handled by the caller
+            return exc
+
+
+_RUNNING: set[asyncio.Future[None]] = set()
+"""Batches being sent (a task with no other reference could be collected mid-way)."""
+
+_BATCHERS: weakref.WeakKeyDictionary[AsyncRedis, ScriptBatcher] = weakref.WeakKeyDictionary()
+
+
+def batcher_for(redis: AsyncRedis) -> ScriptBatcher:
+    """The one batcher of an asyncio client (every script bound to it shares it)."""
+    batcher = _BATCHERS.get(redis)
+    if batcher is None:
+        batcher = _BATCHERS[redis] = ScriptBatcher(redis)
+    return batcher
 
 
 def text(value: Any) -> str:

@@ -7,8 +7,9 @@ have done once the GPU job ends: store the result (or a typed error) under the t
 then start the next step of the chain with the output.
 
 With a Redis result backend, states and results are written from the event loop by the
-asyncio Redis client, in Celery's own format (one ``SET`` and ``PUBLISH`` pipeline, which
-wakes ``AsyncResult.get()`` through the backend's pub/sub); a progress state never
+asyncio Redis client, in Celery's own format (a ``SET`` and a ``PUBLISH``, which wakes
+``AsyncResult.get()`` through the backend's pub/sub; every request's writes of one loop
+turn share one pipeline, see :mod:`bridge.core.scripts`); a progress state never
 overwrites a final one (a small script checks). Other backends, and the broker (a chain's
 next task), are blocking: those calls run in one dedicated thread, in order.
 """
@@ -35,7 +36,7 @@ from bridge.core.model import (
     Continuation,
     Outcome,
 )
-from bridge.core.scripts import NamedScript
+from bridge.core.scripts import NamedScript, batcher_for
 from bridge.errors import (
     JobCancelled,
     JobError,
@@ -147,13 +148,12 @@ class CeleryResults:
         else:
             exc = to_exception(outcome, request_id, endpoint_id)
             key, value, expires = self._encoded(cont.task_id, exc, states.FAILURE)
-        pipe = self.redis.pipeline(transaction=False)
-        if expires:
-            pipe.set(key, value, ex=expires)
-        else:
-            pipe.set(key, value)
-        pipe.publish(key, value)
-        await pipe.execute()
+        # With the other requests' writes of this loop turn, in one pipeline.
+        batch = batcher_for(self.redis)
+        stored = batch.command("SET", key, value, *(("EX", expires) if expires else ()))
+        published = batch.command("PUBLISH", key, value)
+        await stored
+        await published
 
     def _encoded(self, task_id: str, result: Any, state: str) -> tuple[str, Any, int]:
         """What Celery's Redis backend would write: its key, value and expiry."""

@@ -163,14 +163,25 @@ class JsonDoor:
         *,
         reread: bool = False,
     ) -> None:
-        """Handle entries in order; acknowledge and delete the handled ones together.
-        ``reread`` entries were delivered before: each is counted while it is handled, so
-        one that kills its process is recognised the next time."""
+        """Handle entries in stream order; acknowledge and delete the handled ones
+        together. A run of consecutive new requests is handled together, started in
+        order: their claims go to Redis in that order, in one pipeline (see
+        :mod:`bridge.core.scripts`). Refusals and cancels are handled one by one, in
+        order, so their replies keep the stream's order. ``reread`` entries were
+        delivered before: each is counted while it is handled, so one that kills its
+        process is recognised the next time."""
         done: list[bytes] = []
+        run: list[tuple[bytes, dict[bytes, bytes], Request]] = []
         try:
             for entry_id, fields in entries:
-                if await self._handle_one(entry_id, fields, reread):
+                parsed = None if reread else self._parse(entry_id, fields)
+                if isinstance(parsed, Request):
+                    run.append((entry_id, fields, parsed))
+                    continue
+                await self._together(run, done)
+                if await self._handle_one(entry_id, fields, reread, parsed):
                     done.append(entry_id)
+            await self._together(run, done)
         finally:
             if done:
                 pipe = self.redis.pipeline(transaction=False)
@@ -178,8 +189,47 @@ class JsonDoor:
                 pipe.xdel(stream, *done)
                 await pipe.execute()
 
-    async def _handle_one(self, entry_id: bytes, fields: dict[bytes, bytes], reread: bool) -> bool:
-        """Handle one entry; True when it may be acknowledged."""
+    def _parse(
+        self, entry_id: bytes, fields: dict[bytes, bytes]
+    ) -> Request | CancelMessage | Refusal | None:
+        try:
+            return self.admission.from_entry(entry_id.decode(), fields)
+        except Exception:  # parsed again, and dead-lettered, by _handle_one
+            return None
+
+    async def _together(
+        self, run: list[tuple[bytes, dict[bytes, bytes], Request]], done: list[bytes]
+    ) -> None:
+        """Handle a run of new requests together; a Redis outage leaves its entries
+        pending (read again) and is raised once the others are done."""
+        if not run:
+            return
+        results = await asyncio.gather(
+            *(
+                self._handle_one(entry_id, fields, False, parsed)
+                for entry_id, fields, parsed in run
+            ),
+            return_exceptions=True,
+        )
+        failure: BaseException | None = None
+        for (entry_id, _, _), result in zip(run, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+            elif result:
+                done.append(entry_id)
+        run.clear()
+        if failure is not None:
+            raise failure
+
+    async def _handle_one(
+        self,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        reread: bool,
+        parsed: Request | CancelMessage | Refusal | None = None,
+    ) -> bool:
+        """Handle one entry (``parsed`` already, or not yet); True when it may be
+        acknowledged."""
         eid = entry_id.decode()
         if reread:
             deaths = int(await self.redis.hincrby(self.failures_key, eid, 1)) - 1
@@ -189,7 +239,7 @@ class JsonDoor:
                 await self.redis.hdel(self.failures_key, eid)
                 return True
         try:
-            handled = await self._dispatch(eid, fields)
+            handled = await self._dispatch(eid, fields, parsed)
         except _STORE_ERRORS:
             raise  # left pending: read again once Redis answers
         except Exception as exc:  # one entry never stops the door
@@ -200,8 +250,14 @@ class JsonDoor:
             await self.redis.hdel(self.failures_key, eid)
         return handled
 
-    async def _dispatch(self, entry_id: str, fields: dict[bytes, bytes]) -> bool:
-        parsed = self.admission.from_entry(entry_id, fields)
+    async def _dispatch(
+        self,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        parsed: Request | CancelMessage | Refusal | None = None,
+    ) -> bool:
+        if parsed is None:
+            parsed = self.admission.from_entry(entry_id, fields)
         if isinstance(parsed, Refusal):
             if parsed.reason == "unknown_route" and await self._served_elsewhere(parsed.route):
                 # Another live worker serves that route: hand the entry to it.

@@ -107,6 +107,8 @@ class RouteRuntime:
         self.slots = asyncio.Semaphore(config.max_in_flight)
         self.in_flight = 0
         self.waiting = 0
+        self.granting = 0
+        """Claims under way that take their first grant (see Tracker.accept)."""
         self.slot_waiters: dict[str, Tracked] = {}
         """Requests of this process waiting for one of the route's fleet-wide slots, the
         longest waiting first."""
@@ -189,10 +191,15 @@ class Tracker:
             return Admitted.DEFERRED
         token = secrets.token_urlsafe(24) if request.mode == "webhook" else ""
         # A free slot: take the first submission's grant with the claim (one script).
-        free = route.in_flight + route.waiting < route.config.max_in_flight
-        claim = await self.ledger.claim(
-            request, self.owner, token=token, grant=free, cap=route.config.max_in_flight
-        )
+        # Claims run together (the JSON door's batch): count the grants under way; the
+        # fleet-wide slot is taken (or refused) by the claim's script itself.
+        cap = route.config.max_in_flight
+        free = route.in_flight + route.waiting + route.granting < cap
+        route.granting += free
+        try:
+            claim = await self.ledger.claim(request, self.owner, token=token, grant=free, cap=cap)
+        finally:
+            route.granting -= free
         metrics.REQUESTS.labels(request.door, request.route).inc()
         if claim.kind is ClaimKind.SAME:
             metrics.DEDUP.labels(request.door).inc()
