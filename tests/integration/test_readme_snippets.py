@@ -14,8 +14,10 @@ lists), the client examples' placeholders (``your-api-key``, ``your-endpoint-id`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -156,6 +158,25 @@ def as_a_reader_runs_it(block: Block, setting: Setting) -> str:
     return code
 
 
+def run_in_own_group(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a block in a process group of its own, and kill the whole group when it ends
+    or times out: a block that leaves a server behind must not outlive its test."""
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(argv[:2])}: still running after 90 s\n{stdout}{stderr}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
 @pytest.mark.parametrize("block", [b for b in BLOCKS if not b.not_run], ids=lambda b: b.id)
 def test_readme_block_runs(block: Block, setting: Setting) -> None:
     code = as_a_reader_runs_it(block, setting)
@@ -163,10 +184,7 @@ def test_readme_block_runs(block: Block, setting: Setting) -> None:
         argv = [sys.executable, "-c", code]
     else:
         argv = ["bash", "-c", SHELL_PRELUDE + code]
-    result = subprocess.run(
-        argv, env=setting.env, capture_output=True, text=True, timeout=90,
-        cwd=ROOT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    result = run_in_own_group(argv, setting.env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{block.where} failed:\n{code}\n---\n{output}"
     for piece, pattern in EXPECT.items():
