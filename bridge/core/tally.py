@@ -5,8 +5,9 @@ Each final reply adds one to two fields of the hash ``Keys.tally(route, bucket)`
 time it ended in: ``s:<STATUS>`` (``COMPLETED``, ``FAILED``, ...) and ``l:<n>``, a
 latency histogram with four buckets per doubling (``n = ceil(4 * log2(ms))``: each
 bucket at most 19 % wider than the one before, so a percentile read from it is within
-19 % of the true one). One pipelined round trip per request (two HINCRBY and an
-EXPIRE); the hash expires after :data:`~bridge.core.keys.TALLY_TTL_S`.
+19 % of the true one). Two HINCRBY and an EXPIRE per request, sent in the pipeline of
+the other Redis calls of the same loop turn (see :class:`~bridge.core.scripts.
+ScriptBatcher`); the hash expires after :data:`~bridge.core.keys.TALLY_TTL_S`.
 
 A reader sums the last :data:`WINDOW_BUCKETS` buckets (the current, partial one
 included): a window of 50 to 60 seconds, turned into a rate per minute by its length.
@@ -16,6 +17,7 @@ alone.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -25,7 +27,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bridge.core.keys import TALLY_BUCKET_S, TALLY_TTL_S, Keys
-from bridge.core.scripts import text
+from bridge.core.scripts import batcher_for, text
 
 WINDOW_BUCKETS = 6
 """Buckets a reader sums: the current one and the five before it."""
@@ -65,11 +67,13 @@ class Tally:
     async def record(self, route: str, status: str, latency_s: float) -> None:
         """Count one request of ``route`` that ended ``status`` after ``latency_s``."""
         key = self.keys.tally(route, current_bucket(self._clock()))
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hincrby(key, f"s:{status}", 1)
-        pipe.hincrby(key, f"l:{latency_bucket(latency_s)}", 1)
-        pipe.expire(key, TALLY_TTL_S)
-        await pipe.execute()
+        # With the other requests' ledger steps of this loop turn, in one pipeline.
+        batch = batcher_for(self.redis)
+        await asyncio.gather(
+            batch.command("HINCRBY", key, f"s:{status}", 1),
+            batch.command("HINCRBY", key, f"l:{latency_bucket(latency_s)}", 1),
+            batch.command("EXPIRE", key, TALLY_TTL_S),
+        )
 
 
 def window_keys(keys: Keys, route: str, now: float) -> list[str]:

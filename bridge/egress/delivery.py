@@ -8,9 +8,11 @@ damage a key it does not own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -114,13 +116,20 @@ class Egress:
                 finisher=finisher,
             )
             done.add("dlq")
+        # The Celery result and the tally together: one pipeline (the result first in it).
+        parts: dict[str, Awaitable[None]] = {}
         if self.results is not None and request.continuation is not None and "celery" not in done:
             endpoint_id = self._route(request.route).endpoint_id
-            await self.results.finish(request.continuation, outcome, request.id, endpoint_id)
-            done.add("celery")
-        if "tally" not in done:  # last: no producer waits on `bridge top`'s figures
-            await self.tally.record(request.route, outcome.status, latency_s)
-            done.add("tally")
+            parts["celery"] = self.results.finish(
+                request.continuation, outcome, request.id, endpoint_id
+            )
+        if "tally" not in done:
+            parts["tally"] = self.tally.record(request.route, outcome.status, latency_s)
+        answers = await asyncio.gather(*parts.values(), return_exceptions=True)
+        failed = [a for a in answers if isinstance(a, BaseException)]
+        done.update(name for name, a in zip(parts, answers, strict=True) if a is None)
+        if failed:
+            raise failed[0]
 
     async def chunk(self, request: Request, output: Any) -> int:
         """Push one stream chunk to the reply list (see :meth:`Ledger.push_chunk`)."""
