@@ -60,6 +60,9 @@ class Tracked:
     submitting: bool = False
     """A POST of /run is under way or its job id not yet recorded: a graceful stop
     waits for this to end rather than leave an ambiguous submit behind."""
+    early: asyncio.Future[Outcome] | None = None
+    """The job's first watch, started as soon as ``/run`` answered, while the job id is
+    being recorded: the first :class:`~bridge.core.lifecycle.Follow` takes it over."""
     _waiter: asyncio.Future[None] | None = None
 
     def wake_up(self) -> None:
@@ -346,6 +349,10 @@ class Tracker:
             log.exception("request %s could not be delivered; recovery will retry it",
                           request.id)  # fmt: skip
         finally:
+            early, tracked.early = tracked.early, None
+            if early is not None:  # never followed (not ours after all, or stopping)
+                early.cancel()
+                early.add_done_callback(_quietly)
             self.active.pop(request.id, None)
             if not self.active:
                 self.idle.set()
@@ -387,10 +394,12 @@ class Tracker:
                     await self._unless_stopping(tracked)
                 tracked.submitting = True
                 try:
-                    return await self._submit(tracked, route)
+                    job_id = await self._submit(tracked, route)
                 except BaseException:
                     tracked.submitting = False
                     raise
+                self._watch_early(tracked, route)
+                return job_id
             case lc.MarkSubmitted(job_id):
                 tracked.job_id = job_id
                 try:
@@ -498,9 +507,10 @@ class Tracker:
         self, tracked: Tracked, route: RouteRuntime, timeout: float | None
     ) -> Outcome | lc.Interrupt:
         """Follow the job by its mode until it is final, a wake-up, or ``timeout``."""
-        job = self._job(tracked, route)
         woken = tracked.arm()
-        watcher = asyncio.ensure_future(self._watch(tracked, route, job))
+        watcher, tracked.early = tracked.early, None
+        if watcher is None:
+            watcher = asyncio.ensure_future(self._watch(tracked, route, self._job(tracked, route)))
         observer = None
         if tracked.request.continuation is not None:  # its Celery state is visible
             observer = asyncio.ensure_future(self._observe_start(tracked, route))
@@ -519,6 +529,14 @@ class Tracker:
             result: Outcome = watcher.result()
             return result
         return lc.Interrupt.WOKEN if woken in done else lc.Interrupt.DEADLINE
+
+    def _watch_early(self, tracked: Tracked, route: RouteRuntime) -> None:
+        """Start watching a job the moment ``/run`` answers, so that recording its id
+        (and the Celery door's in-flight state) overlaps the first status read instead
+        of coming before it: a round trip or two less between a short job's end and its
+        reply. Not for streams (no chunk before the job id is recorded)."""
+        if tracked.request.mode != "stream" and tracked.job is not None:
+            tracked.early = asyncio.ensure_future(self._watch(tracked, route, tracked.job))
 
     async def _watch(self, tracked: Tracked, route: RouteRuntime, job: AsyncioJob) -> Outcome:
         """Follow the job by its mode until it is final."""
@@ -567,6 +585,12 @@ class Tracker:
     def _outcome(tracked: Tracked, status: dict[str, Any]) -> Outcome:
         purged = tracked.signals.purged and status.get("status") == CANCELLED
         return Outcome.from_job(status, reason=lc.PURGED if purged else None)
+
+
+def _quietly(task: asyncio.Future[Any]) -> None:
+    """Done-callback of a task nobody awaits: its error (if any) is of no use now."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _deadline(request: Request) -> float | None:
