@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from _common import KEY, process
+from _common import KEY, Emulator, drain, process, redis_server
 from celery import Celery
 
 CELERY_SETTINGS: dict[str, Any] = {  # what the bridge's Celery app sets, for the baseline too
@@ -151,6 +152,40 @@ class Deployment:
         if self._celery is not None:
             self._celery.close()
         self.redis.close()
+
+
+@contextlib.contextmanager
+def echo_worker(prefix: str) -> Iterator[tuple[Deployment, subprocess.Popen[bytes], Path]]:
+    """One ``bridge worker`` on a private Redis and the emulator without rate limits, its
+    ``echo`` route's budgets raised (what the per-worker tools measure); yields the
+    deployment, the worker process and a temporary directory for logs and outputs."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"{prefix}-") as tmp,
+        redis_server(None) as redis_url,
+        Emulator(Path(tmp), rate_limits=False).running() as emulator,
+    ):
+        tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        bridge = Deployment(redis_url, tag, emulator.url, {"echo": {"budgets": raised_budgets()}})
+        try:
+            with bridge.worker("a", Path(tmp), "WARNING") as (worker, _):
+                yield bridge, worker, Path(tmp)
+        finally:
+            bridge.close()
+
+
+def send_burst(bridge: Deployment, door: str, n: int) -> None:
+    """``n`` zero-ms requests at once through ``door`` (``json`` or ``celery``); returns
+    when every one has its reply or result."""
+    if door == "json":
+        bridge.send_json([bridge.envelope({})[1] for _ in range(n)])
+        if drain(bridge.redis, bridge.replies, n, time.monotonic() + 120, lambda *_: True) < n:
+            raise RuntimeError("replies missing")
+        return
+    app = bridge.celery()
+    results = [app.send_task("bridge.run", kwargs={"route": "echo", "input": {}})
+               for _ in range(n)]  # fmt: skip
+    for result in results:
+        result.get(timeout=120, propagate=False)
 
 
 def wait_ready(app: Celery, proc: subprocess.Popen[bytes], hostname: str, log: Path) -> None:

@@ -19,13 +19,11 @@ import collections
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from _bridge import Deployment, raised_budgets
-from _common import Emulator, cpu_seconds, drain, redis_server
+from _bridge import echo_worker, send_burst
+from _common import cpu_seconds
 
 
 def main() -> None:
@@ -38,49 +36,28 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="keep py-spy's raw output here")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    tag = f"bench-prof-{uuid.uuid4().hex[:8]}"
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-prof-") as tmp,
-        redis_server(None) as redis_url,
-        Emulator(Path(tmp), rate_limits=False).running() as emulator,
-    ):
-        bridge = Deployment(redis_url, tag, emulator.url, {"echo": {"budgets": raised_budgets()}})
-        with bridge.worker("a", Path(tmp), "WARNING") as (worker, _):
-            send(bridge, args.door, max(50, args.n // 4))  # warm up
-            out = Path(tmp) / "profile.txt"
-            spy = subprocess.Popen(
-                [py_spy, "record", "--pid", str(worker.pid), "--format", "raw", "--rate",
-                 str(args.rate), "--nonblocking", "--threads", "--gil", "--output", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )  # fmt: skip
-            time.sleep(1.0)  # py-spy attaches
-            cpu0, start = cpu_seconds(worker.pid), time.perf_counter()
-            for _ in range(args.bursts):
-                send(bridge, args.door, args.n)
-            elapsed = time.perf_counter() - start
-            cpu_ms = (cpu_seconds(worker.pid) - cpu0) * 1000 / (args.n * args.bursts)
-            spy.send_signal(2)  # SIGINT: py-spy writes its output and stops
-            spy.wait(30)
-        bridge.close()
+    with echo_worker("bench-prof") as (bridge, worker, tmp):
+        send_burst(bridge, args.door, max(50, args.n // 4))  # warm up
+        out = tmp / "profile.txt"
+        spy = subprocess.Popen(
+            [py_spy, "record", "--pid", str(worker.pid), "--format", "raw", "--rate",
+             str(args.rate), "--nonblocking", "--threads", "--gil", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        time.sleep(1.0)  # py-spy attaches
+        cpu0, start = cpu_seconds(worker.pid), time.perf_counter()
+        for _ in range(args.bursts):
+            send_burst(bridge, args.door, args.n)
+        elapsed = time.perf_counter() - start
+        cpu_ms = (cpu_seconds(worker.pid) - cpu0) * 1000 / (args.n * args.bursts)
+        spy.send_signal(2)  # SIGINT: py-spy writes its output and stops
+        spy.wait(30)
         if args.save and out.exists():
             shutil.copy(out, args.save)
         total = args.n * args.bursts
         print(f"{args.door} door: {total} requests in {elapsed:.1f} s "
               f"({total / elapsed:.0f}/s), worker CPU {cpu_ms:.2f} ms per request")  # fmt: skip
         report(out.read_text() if out.exists() else "", args.top)
-
-
-def send(bridge: Deployment, door: str, n: int) -> None:
-    if door == "json":
-        bridge.send_json([bridge.envelope({})[1] for _ in range(n)])
-        if drain(bridge.redis, bridge.replies, n, time.monotonic() + 120, lambda *_: True) < n:
-            raise RuntimeError("replies missing")
-        return
-    app = bridge.celery()
-    results = [app.send_task("bridge.run", kwargs={"route": "echo", "input": {}})
-               for _ in range(n)]  # fmt: skip
-    for result in results:
-        result.get(timeout=120, propagate=False)
 
 
 def report(raw: str, top: int) -> None:

@@ -15,19 +15,10 @@ Run: ``.venv/bin/python bench/steady_rate.py --rates 150,600 --seconds 10``
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
-from _bridge import Deployment, raised_budgets
-from _common import CLOCK_TICKS, Emulator, drain, redis_server
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid`` and its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+from _bridge import Deployment, echo_worker, send_burst
+from _common import cpu_split, drain
 
 
 def main() -> None:
@@ -37,23 +28,14 @@ def main() -> None:
     parser.add_argument("--celery-rate", type=float, default=100.0,
                         help="the Celery door's rate (0: skip)")  # fmt: skip
     args = parser.parse_args()
-    tag = f"bench-steady-{uuid.uuid4().hex[:8]}"
     rows = []
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-steady-") as tmp,
-        redis_server(None) as redis_url,
-        Emulator(Path(tmp), rate_limits=False).running() as emulator,
-    ):
-        bridge = Deployment(redis_url, tag, emulator.url, {"echo": {"budgets": raised_budgets()}})
-        with bridge.worker("a", Path(tmp), "WARNING") as (worker, _):
-            send_json(bridge, 200, 0.0)  # warm up: connections, the endpoint's workers
-            for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
-                rows.append(("json", rate, *measure(bridge, worker.pid, "json", rate,
-                                                    args.seconds)))  # fmt: skip
-            if args.celery_rate > 0:
-                rows.append(("celery", args.celery_rate, *measure(
-                    bridge, worker.pid, "celery", args.celery_rate, args.seconds)))  # fmt: skip
-        bridge.close()
+    with echo_worker("bench-steady") as (bridge, worker, _):
+        send_burst(bridge, "json", 200)  # warm up: connections, the endpoint's workers
+        for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
+            rows.append(("json", rate, *measure(bridge, worker.pid, "json", rate, args.seconds)))
+        if args.celery_rate > 0:
+            rows.append(("celery", args.celery_rate, *measure(
+                bridge, worker.pid, "celery", args.celery_rate, args.seconds)))  # fmt: skip
     print("| door | rate (requests/s) | achieved | worker CPU per request | user | system |")
     print("|---|---|---|---|---|---|")
     for door, rate, achieved, user, system in rows:
@@ -79,16 +61,13 @@ def measure(
 
 
 def send_json(bridge: Deployment, n: int, rate: float) -> None:
-    """``n`` JSON-door requests, evenly spaced at ``rate`` per second (0: at once)."""
+    """``n`` JSON-door requests, evenly spaced at ``rate`` per second."""
     start = time.perf_counter()
-    if rate <= 0:
-        bridge.send_json([bridge.envelope({})[1] for _ in range(n)])
-    else:
-        for i in range(n):
-            bridge.send_json([bridge.envelope({})[1]])
-            pause = start + (i + 1) / rate - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
+    for i in range(n):
+        bridge.send_json([bridge.envelope({})[1]])
+        pause = start + (i + 1) / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
     if drain(bridge.redis, bridge.replies, n, time.monotonic() + 120, lambda *_: True) < n:
         raise RuntimeError("replies missing")
 
