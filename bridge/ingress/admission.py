@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,6 +29,17 @@ from bridge.settings import BridgeSettings
 TASK_ARGUMENTS = ("route", "input", "mode", "request_id", "reply_to", "policy", "webhook",
                   "s3_config", "deadline_s", "endpoint_id")  # fmt: skip
 """The keyword arguments ``bridge.run`` takes."""
+
+
+def task_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``bridge.run``'s arguments by name (positional ones in ``TASK_ARGUMENTS``' order),
+    and what it does not take (refused by admission, with its names)."""
+    arguments = dict(zip(TASK_ARGUMENTS, args, strict=False))
+    arguments.update({k: v for k, v in kwargs.items() if k in TASK_ARGUMENTS})
+    unexpected = sorted(set(kwargs) - set(TASK_ARGUMENTS))
+    if len(args) > len(TASK_ARGUMENTS):
+        unexpected.append("extra positional arguments")
+    return arguments, unexpected
 
 
 class Admission:

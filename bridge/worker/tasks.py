@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.core.model import Admitted, Continuation, Refusal
-from bridge.ingress.admission import TASK_ARGUMENTS
+from bridge.ingress.admission import task_arguments
 from bridge.worker.app import Runtime, record_cancels
 
 log = logging.getLogger("bridge.tasks")
@@ -63,7 +63,12 @@ class BridgeRunRequest(CeleryRequest):  # type: ignore[misc]  # Celery is untype
 # max_retries=None: a task handed back while its endpoint's breaker is open comes back
 # until the breaker lets it through (Celery's default would give up after 3).
 @shared_task(
-    name="bridge.run", bind=True, ignore_result=True, Request=BridgeRunRequest, max_retries=None
+    name="bridge.run",
+    bind=True,
+    ignore_result=True,
+    Request=BridgeRunRequest,
+    max_retries=None,
+    Strategy="bridge.worker.handover:strategy",
 )
 def run(self: Task, *args: Any, **kwargs: Any) -> str:
     """Submit ``input`` to ``route``'s endpoint (keyword arguments: ``route``, ``input``,
@@ -77,11 +82,7 @@ def run(self: Task, *args: Any, **kwargs: Any) -> str:
     runtime = Runtime.get(self.app)
     service = runtime.service
     timeout = service.settings.submit_timeout_s
-    arguments = dict(zip(TASK_ARGUMENTS, args, strict=False))
-    arguments.update({k: v for k, v in kwargs.items() if k in TASK_ARGUMENTS})
-    unexpected = sorted(set(kwargs) - set(TASK_ARGUMENTS))
-    if len(args) > len(TASK_ARGUMENTS):
-        unexpected.append("extra positional arguments")
+    arguments, unexpected = task_arguments(args, kwargs)
     continuation = Continuation(
         task_id=req.id, root_id=req.root_id, parent_id=req.parent_id,
         chain=req.chain, callbacks=req.callbacks, errbacks=req.errbacks,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -118,6 +119,49 @@ def test_chain_continues_with_the_output(bridge: Bridge) -> None:
     then = signature("celery.accumulate", app=bridge.app)
     result = (first | then).apply_async()
     assert result.get(timeout=30) == [{"step": 1}]
+
+
+def test_a_countdown_goes_through_celerys_path_and_is_answered(bridge: Bridge) -> None:
+    """A countdown (as a retry after a deferral has) takes Celery's own strategy, its
+    timer and its pool, not the short path to the loop."""
+    sent = time.monotonic()
+    result = bridge.app.send_task(
+        "bridge.run", kwargs={"route": "echo", "input": {"later": True}}, countdown=1
+    )
+    assert result.get(timeout=30) == {"later": True}
+    assert time.monotonic() - sent >= 1.0
+
+
+def test_flower_sees_each_bridge_run_received_started_and_succeeded(bridge: Bridge) -> None:
+    """Task events, as Flower reads them from the broker, for hand-overs on the short
+    path and on Celery's (a countdown)."""
+    seen: dict[str, list[str]] = {}
+    listening = threading.Event()
+
+    def on_event(event: dict[str, Any]) -> None:
+        listening.set()  # any event (a worker heartbeat): the subscription is live
+        if "uuid" in event:
+            seen.setdefault(event["uuid"], []).append(event["type"])
+
+    with bridge.app.connection_for_read() as conn:
+        receiver = bridge.app.events.Receiver(conn, handlers={"*": on_event})
+        capture = threading.Thread(target=receiver.capture, kwargs={"wakeup": False}, daemon=True)
+        capture.start()
+        try:
+            assert listening.wait(30), "no event at all from the worker"
+            results = [bridge.run("echo", {"n": 1}),
+                       bridge.app.send_task("bridge.run", kwargs={"route": "echo", "input": {}},
+                                            countdown=0.5)]  # fmt: skip
+            for result in results:
+                result.get(timeout=30)
+            wait_until(lambda: all("task-succeeded" in seen.get(r.id, []) for r in results),
+                       timeout=30)  # fmt: skip
+        finally:
+            receiver.should_stop = True
+            capture.join(10)
+    for result in results:
+        events = set(seen[result.id])
+        assert {"task-sent", "task-received", "task-started", "task-succeeded"} <= events
 
 
 def assert_cancelled_at_the_endpoint(
