@@ -94,12 +94,17 @@ return 1
 """An in-flight state, written unless the task already has its final one."""
 
 
-def fast_backend(app: Celery) -> Redis | None:
+def fast_backend(app: Celery, shared: tuple[str, Redis] | None = None) -> Redis | None:
     """An asyncio client on the app's result backend when it is Redis (a server, or a
     primary found through Sentinel), the one the fast path writes with; None for any
-    other backend."""
+    other backend. ``shared``: a URL and the client already open on it (the bridge's
+    own), used when the backend is that same URL, so that the results join the ledger's
+    pipelines instead of making round trips of their own."""
     backend = app.backend
     url = str(app.conf.result_backend or "")
+    if shared is not None and url == shared[0] and type(backend) in (RedisBackend,
+                                                                     SentinelBackend):  # fmt: skip
+        return shared[1]
     if type(backend) is SentinelBackend and is_sentinel(url):
         options = app.conf.result_backend_transport_options or {}
         return async_redis(url, options.get("master_name"))
@@ -115,11 +120,14 @@ class CeleryResults:
         app: the Celery app.
         redis: an asyncio client on the result backend (see :func:`fast_backend`); None
             to write everything through Celery's blocking backend.
+        owned: close ``redis`` with this writer (False: it is shared and closed by its
+            owner).
     """
 
-    def __init__(self, app: Celery, redis: Redis | None = None) -> None:
+    def __init__(self, app: Celery, redis: Redis | None = None, *, owned: bool = True) -> None:
         self.app = app
         self.redis = redis
+        self._owned = owned  # closed with this writer (not when shared with the ledger)
         self._progress = PROGRESS.bind(redis) if redis is not None else None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-celery")
 
@@ -171,7 +179,7 @@ class CeleryResults:
 
     async def aclose(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown, True)
-        if self.redis is not None:
+        if self.redis is not None and self._owned:
             await self.redis.aclose()
 
     def _store_state(self, task_id: str, state: str, meta: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from celery.schedules import crontab
 from redis.exceptions import RedisError
 
 from bridge.core import metrics
-from bridge.core.connection import is_sentinel, sync_redis, transport_options
+from bridge.core.connection import sync_redis, transport_options
 from bridge.core.keys import keys_for
 from bridge.core.ledger import cancel_sync
 from bridge.errors import ConfigError
@@ -141,8 +141,8 @@ def create_app(settings: BridgeSettings | None = None) -> Celery:
             "visibility_timeout": settings.visibility_timeout_s,
             **transport_options(settings.broker, settings.sentinel_master),
         },
-        # sentinel:// brokers: kombu's Sentinel transport, repaired (see bridge.worker.broker)
-        broker_transport=broker.TRANSPORT if is_sentinel(settings.broker) else None,
+        # kombu's Redis and Sentinel transports, repaired (see bridge.worker.broker)
+        broker_transport=broker.transport_for(settings.broker),
         # sentinel:// backends find their primary by name (Celery's SentinelBackend).
         result_backend_transport_options=transport_options(
             settings.backend, settings.sentinel_master

@@ -12,7 +12,8 @@ trip), then acknowledges each message through Celery's own acknowledgement callb
 still sees each ``bridge.run`` received, started and succeeded.
 
 Anything out of the ordinary takes Celery's own path, unchanged: the prefork and green
-pools (their consumer has no bridge of its own), a countdown or ETA (a retry after a
+pools (their consumer has no bridge of its own), a rate limit set on ``bridge.run``
+(Celery's token buckets pace it), a countdown or ETA (a retry after a
 deferral), an expired message, a task in a chord or group, protocol 1 messages, the
 autoscaler's callbacks; and, after the loop has seen it, a message whose endpoint's
 breaker is open, whose admission failed, or that met Redis away: it goes back to the
@@ -209,6 +210,8 @@ def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Handler:
     fallback: Handler = default(task, app, consumer, **kwargs)
     if type(consumer.pool).__module__ not in SAME_PROCESS_POOLS:
         return fallback
+    if task.rate_limit and not consumer.disable_rate_limits:
+        return fallback  # Celery's token buckets pace it
     eventer = consumer.event_dispatcher
     if not (eventer and eventer.enabled and task.send_events):
         eventer = None

@@ -96,11 +96,10 @@ class BridgeService:
             name: RouteRuntime(name, config, self.session, hooks, rules_for(settings, config))
             for name, config in settings.routes.items()
         }
-        self.results = (
-            CeleryResults(self.celery_app, fast_backend(self.celery_app))
-            if self.celery_app
-            else None
-        )
+        self.results = None
+        if self.celery_app:
+            backend = fast_backend(self.celery_app, (settings.backend, self.redis))
+            self.results = CeleryResults(self.celery_app, backend, owned=backend is not self.redis)
         self.egress = Egress(self.redis, settings, keys, self.ledger, self.results)
         self.tracker = Tracker(
             settings, self.ledger, self.egress, self.breakers, routes,

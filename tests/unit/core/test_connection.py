@@ -162,7 +162,7 @@ def test_the_app_gives_kombu_and_celery_the_master_name() -> None:
     assert app.conf.broker_transport_options["visibility_timeout"] > 0
     assert app.conf.result_backend_transport_options["master_name"] == "mm"
     plain = create_app(BridgeSettings.load(redis_url="redis://h:1/0", routes={}))
-    assert plain.conf.broker_transport is None
+    assert plain.conf.broker_transport == broker.REDIS_TRANSPORT
     assert "master_name" not in plain.conf.broker_transport_options
 
 
@@ -180,3 +180,48 @@ def test_a_closed_broker_connection_is_a_connection_error_not_an_attribute_error
     with pytest.raises(redis.ConnectionError):
         ours._connparams()
     assert issubclass(redis.ConnectionError, tuple(kombu_redis.Transport.connection_errors))
+
+
+@pytest.mark.parametrize("channel_class", [broker.RedisChannel, broker.SentinelChannel])
+def test_a_channel_builds_one_blocking_client_per_pool(channel_class: type) -> None:
+    """kombu builds a redis-py client for every command it sends; the bridge's channels
+    keep one per connection pool (a new pool, after a reconnection, gets a new one). The
+    event loop's client is kombu's own each time."""
+    channel = object.__new__(channel_class)
+    channel.Client = redis.Redis
+    first_pool = redis.ConnectionPool(host="127.0.0.1", port=1)
+    channel._pool, channel._async_pool = first_pool, redis.ConnectionPool(host="x", port=2)
+    client = channel._create_client()
+    assert client.connection_pool is first_pool
+    with channel.conn_or_acquire() as acquired:
+        assert acquired is client
+    assert channel._create_client() is client
+    channel._pool = redis.ConnectionPool(host="127.0.0.1", port=1)  # reconnected
+    fresh = channel._create_client()
+    assert fresh is not client
+    assert fresh.connection_pool is channel._pool
+    assert channel._create_client(asynchronous=True) is not channel._create_client(
+        asynchronous=True
+    )
+
+
+def test_kombus_own_channel_builds_a_client_per_command() -> None:
+    """What the bridge's channels save (if kombu starts reusing its client, drop them)."""
+    channel = object.__new__(kombu_redis.Channel)
+    channel.Client = redis.Redis
+    channel._pool = redis.ConnectionPool(host="127.0.0.1", port=1)
+    assert channel._create_client() is not channel._create_client()
+
+
+@pytest.mark.parametrize(
+    ("url", "transport"),
+    [
+        ("redis://h:1/0", broker.REDIS_TRANSPORT),
+        ("sentinel://s:1;sentinel://s:2", broker.TRANSPORT),
+        ("rediss://h:1/0", None),
+        ("redis+socket:///tmp/r.sock", None),
+        ("amqp://guest@h//", None),
+    ],
+)
+def test_which_broker_urls_use_the_bridges_transports(url: str, transport: str | None) -> None:
+    assert broker.transport_for(url) == transport

@@ -296,8 +296,25 @@ def test_only_pools_that_share_the_bridges_process_take_the_short_path(
     """A prefork parent has no bridge: its children run the task, as Celery does."""
     celery_default = object()
     monkeypatch.setattr(handover, "default", lambda *a, **kw: celery_default)
-    consumer = SimpleNamespace(pool=pool.__new__(pool), event_dispatcher=None)
-    task = SimpleNamespace(send_events=True)
+    consumer = SimpleNamespace(
+        pool=pool.__new__(pool), event_dispatcher=None, disable_rate_limits=False
+    )
+    task = SimpleNamespace(send_events=True, rate_limit=None)
     chosen = handover.strategy(task, None, consumer)
     assert isinstance(chosen, Handover) is short
     assert (chosen is celery_default) is not short
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "disabled", "short"),
+    [("10/s", False, False), ("10/s", True, True), (None, False, True)],
+)
+def test_a_rate_limit_on_bridge_run_keeps_celerys_pacing(
+    monkeypatch: pytest.MonkeyPatch, rate_limit: str | None, disabled: bool, short: bool
+) -> None:
+    monkeypatch.setattr(handover, "default", lambda *a, **kw: "celery's")
+    consumer = SimpleNamespace(pool=ThreadPool.__new__(ThreadPool), event_dispatcher=None,
+                               disable_rate_limits=disabled)  # fmt: skip
+    chosen = handover.strategy(SimpleNamespace(send_events=True, rate_limit=rate_limit), None,
+                               consumer)  # fmt: skip
+    assert isinstance(chosen, Handover) is short
