@@ -8,11 +8,9 @@ damage a key it does not own.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -116,20 +114,13 @@ class Egress:
                 finisher=finisher,
             )
             done.add("dlq")
-        # The Celery result and the tally together: one pipeline (the result first in it).
-        parts: dict[str, Awaitable[None]] = {}
+        if "tally" not in done:
+            self.tally.record(request.route, outcome.status, latency_s)  # in memory
+            done.add("tally")
         if self.results is not None and request.continuation is not None and "celery" not in done:
             endpoint_id = self._route(request.route).endpoint_id
-            parts["celery"] = self.results.finish(
-                request.continuation, outcome, request.id, endpoint_id
-            )
-        if "tally" not in done:
-            parts["tally"] = self.tally.record(request.route, outcome.status, latency_s)
-        answers = await asyncio.gather(*parts.values(), return_exceptions=True)
-        failed = [a for a in answers if isinstance(a, BaseException)]
-        done.update(name for name, a in zip(parts, answers, strict=True) if a is None)
-        if failed:
-            raise failed[0]
+            await self.results.finish(request.continuation, outcome, request.id, endpoint_id)
+            done.add("celery")
 
     async def chunk(self, request: Request, output: Any) -> int:
         """Push one stream chunk to the reply list (see :meth:`Ledger.push_chunk`)."""

@@ -150,6 +150,8 @@ class BridgeService:
             await self.leases.close()
         await self.pubsub.aclose()  # type: ignore[no-untyped-call]
         await self.session.close()
+        with contextlib.suppress(RedisError, OSError):  # Redis away: the last second's
+            await self.egress.tally.aclose()  # counts are lost, nothing else
         await self.redis.aclose()
         if self.results is not None:
             await self.results.aclose()

@@ -11,6 +11,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis.exceptions
 from rich.console import Console
 
 from bridge import top
@@ -36,7 +37,11 @@ def settings() -> BridgeSettings:
 
 
 def record(tally: Tally, route: str, status: str, latency_s: float) -> None:
-    asyncio.run(tally.record(route, status, latency_s))
+    async def counted() -> None:
+        tally.record(route, status, latency_s)
+        await tally.flush()
+
+    asyncio.run(counted())
 
 
 @pytest.fixture
@@ -250,7 +255,7 @@ def test_tally_writes_one_bucket_with_a_ttl() -> None:
     client = fakeredis.FakeAsyncRedis()
     keys = Keys("p")
     tally = Tally(client, keys, clock=lambda: NOW)
-    asyncio.run(tally.record("r", "COMPLETED", 0.05))
+    record(tally, "r", "COMPLETED", 0.05)
     bucket = int(NOW // TALLY_BUCKET_S)
 
     async def look() -> tuple[dict[bytes, bytes], int, list[bytes]]:
@@ -276,3 +281,86 @@ def test_off_a_terminal_every_frame_is_printed_until_ctrl_c(fleet: Fleet) -> Non
     top.run(fleet, console, interval=2.0, sleep=sleep)  # returns: Ctrl-C is no error
     assert naps == [2.0, 2.0, 2.0]
     assert console.export_text().count("bridge top") == 3
+
+
+def test_a_process_counts_in_memory_and_adds_once_a_flush() -> None:
+    """Requests of one second are added together: one HINCRBY per field that moved."""
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeAsyncRedis(server=server)
+    keys = Keys("p")
+    key = keys.tally("r", int(NOW // TALLY_BUCKET_S))
+
+    async def scenario() -> list[dict[bytes, bytes]]:
+        tally = Tally(client, keys, clock=lambda: NOW, flush_s=3600)
+        for _ in range(5):
+            tally.record("r", "COMPLETED", 0.05)
+        tally.record("r", "FAILED", 0.05)
+        seen = [await client.hgetall(key)]  # nothing yet: counted in memory
+        await tally.flush()
+        seen.append(await client.hgetall(key))
+        await tally.flush()  # nothing new: nothing added
+        seen.append(await client.hgetall(key))
+        return seen
+
+    before, after, again = asyncio.run(scenario())
+    assert before == {}
+    expected = {b"s:COMPLETED": b"5", b"s:FAILED": b"1", f"l:{latency_bucket(0.05)}".encode(): b"6"}
+    assert after == expected
+    assert again == expected
+
+
+def test_the_flush_comes_by_itself() -> None:
+    client = fakeredis.FakeAsyncRedis()
+    keys = Keys("p")
+
+    async def scenario() -> dict[bytes, bytes]:
+        tally = Tally(client, keys, clock=lambda: NOW, flush_s=0)
+        tally.record("r", "COMPLETED", 0.05)
+        for _ in range(100):  # loop turns: the timer's, then its flush's
+            if tally._flushing is None and not tally._tasks:
+                break
+            await asyncio.sleep(0)
+        return await client.hgetall(keys.tally("r", int(NOW // TALLY_BUCKET_S)))
+
+    assert asyncio.run(scenario())[b"s:COMPLETED"] == b"1"
+
+
+def test_counts_wait_while_redis_is_away_then_are_added() -> None:
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeAsyncRedis(server=server)
+    keys = Keys("p")
+    now = [NOW]
+
+    async def scenario() -> dict[bytes, bytes]:
+        tally = Tally(client, keys, clock=lambda: now[0], flush_s=3600)
+        tally.record("r", "COMPLETED", 0.05)
+        tally.record("old", "COMPLETED", 0.05)
+        server.connected = False
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await tally.flush()
+        tally.record("r", "COMPLETED", 0.05)
+        server.connected = True
+        await tally.aclose()  # a stopping process adds what it counted
+        return await client.hgetall(keys.tally("r", int(NOW // TALLY_BUCKET_S)))
+
+    assert asyncio.run(scenario())[b"s:COMPLETED"] == b"2"
+
+
+def test_counts_too_old_to_be_read_are_dropped_after_a_failure() -> None:
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeAsyncRedis(server=server)
+    keys = Keys("p")
+    now = [NOW]
+
+    async def scenario() -> list[bytes]:
+        tally = Tally(client, keys, clock=lambda: now[0], flush_s=3600)
+        tally.record("r", "COMPLETED", 0.05)
+        server.connected = False
+        now[0] = NOW + TALLY_TTL_S + TALLY_BUCKET_S  # Redis was away past the hash's life
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await tally.flush()
+        server.connected = True
+        await tally.flush()
+        return list(await client.keys("*"))
+
+    assert asyncio.run(scenario()) == []
