@@ -92,6 +92,7 @@ class Inbox:
         self.errors = consumer.connection_errors
         self._messages: deque[Message] = deque()
         self._scheduled = False
+        self._admitting: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
 
     def put(self, item: Message) -> None:
         """From the consumer thread: one wake-up of the loop per batch, not per message
@@ -104,8 +105,11 @@ class Inbox:
     def _drain(self) -> None:
         self._scheduled = False
         messages = self._messages
+        admitting = self._admitting
         while messages:
-            self.loop.create_task(self._admit(messages.popleft()))
+            task = self.loop.create_task(self._admit(messages.popleft()))
+            admitting.add(task)
+            task.add_done_callback(admitting.discard)
 
     async def _admit(self, item: Message) -> None:
         task_id = item.continuation.task_id
