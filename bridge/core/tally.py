@@ -22,7 +22,6 @@ alone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bridge.core.keys import TALLY_BUCKET_S, TALLY_TTL_S, Keys
 from bridge.core.scripts import text
@@ -106,9 +106,11 @@ class Tally:
     async def _flush_quietly(self) -> None:
         try:
             await self.flush()
-        except Exception as exc:  # Redis away: the counts wait for the next flush
+        except (RedisError, OSError) as exc:  # Redis away: the counts wait for the next flush
             log.warning("bridge top's tally not written (%s); kept for the next try",
                         type(exc).__name__)  # fmt: skip
+        except Exception:  # a bug: these counts are dropped, the next ones are tried
+            log.exception("bridge top's tally could not be written")
 
     async def flush(self) -> None:
         """Add what was counted to Redis now. Counts that could not be added (Redis
@@ -126,7 +128,7 @@ class Tally:
             pipe.expire(self.keys.tally(route, bucket), TALLY_TTL_S)
         try:
             await pipe.execute()
-        except Exception:
+        except (RedisError, OSError):
             oldest = current_bucket(self._clock()) - TALLY_TTL_S // TALLY_BUCKET_S
             kept = Counter({k: n for k, n in counts.items() if k[1] >= oldest})
             self._counts.update(kept)
@@ -136,8 +138,7 @@ class Tally:
     async def aclose(self) -> None:
         """Add the last counts (a process that stops)."""
         for task in list(self._tasks):
-            with contextlib.suppress(Exception):
-                await task
+            await task  # a flush under way (it reports its own errors)
         await self.flush()
         if self._flushing is not None:
             self._flushing.cancel()

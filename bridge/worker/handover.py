@@ -43,6 +43,7 @@ from celery.worker.strategy import default
 from bridge.core.model import Admitted, Continuation, Refusal
 from bridge.ingress.admission import task_arguments
 from bridge.worker.app import Runtime
+from bridge.worker.tasks import REDIS_AWAY
 
 log = logging.getLogger("bridge.handover")
 celery_log = logging.getLogger("celery.app.trace")
@@ -115,8 +116,12 @@ class Inbox:
         task_id = item.continuation.task_id
         try:
             admitted = await self.admit(item.arguments, item.unexpected, item.continuation)
-        except Exception as exc:  # Celery's path reports it, or hands the message back
+        except REDIS_AWAY as exc:  # Celery's path hands the message back to the broker
             log.debug("bridge.run %s: %s; through Celery's path", task_id, type(exc).__name__)
+            admitted = None
+        except Exception:  # a bug: Celery's path runs the task, which fails and reports it
+            log.exception("bridge.run %s could not be admitted here; through Celery's path",
+                          task_id)  # fmt: skip
             admitted = None
         if admitted is None or admitted is Admitted.DEFERRED:
             self._back_to_celery(item)
