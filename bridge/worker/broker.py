@@ -167,6 +167,14 @@ class Batching:
     QoS = BatchQoS
     _pop_record: Any = None
     _in_poll: Any
+    _unacking: frozenset[str] = frozenset()
+    """Queues consumed without acknowledgements (``no_ack``: Celery's control replies):
+    kombu records nothing for them, and neither does the pop."""
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        no_ack = kwargs["no_ack"] if "no_ack" in kwargs else bool(args and args[0])
+        self._unacking = (self._unacking | {queue}) if no_ack else (self._unacking - {queue})
+        return super().basic_consume(queue, *args, **kwargs)  # type: ignore[misc]
 
     def _brpop_read(self, **options: Any) -> Any:
         if self.global_keyprefix:  # type: ignore[attr-defined]  # kombu's Channel
@@ -200,7 +208,7 @@ class Batching:
         except (TypeError, KeyError):  # not kombu's format: kombu's own handling
             deliver(first, queue)
             return
-        if self._pop_record is False:  # this Redis runs no scripts
+        if self._pop_record is False or queue in self._unacking:  # kombu's way
             deliver(first, queue)
             return
         qos: BatchQoS = self.qos  # type: ignore[attr-defined]

@@ -300,3 +300,22 @@ def test_a_redis_that_refuses_scripts_gets_kombus_one_at_a_time(
         assert len(warned) == 1  # said once, not per message
     finally:
         client.acl_deluser(user)
+
+
+def test_a_consumer_without_acknowledgements_leaves_no_unacked_records(
+    redis_url: str, queue: Queue, client: redis.Redis
+) -> None:
+    """Celery's control replies (``inspect``, ``ping``) are consumed with ``no_ack``:
+    kombu records none of them, and a record nobody removes would come back after the
+    visibility timeout."""
+    publish(redis_url, queue, [{"n": n} for n in range(3)])
+    seen: list[int] = []
+    with connect(redis_url, queue) as conn:
+        channel = conn.default_channel
+        with Consumer(channel, [queue], callbacks=[lambda b, m: seen.append(b["n"])],
+                      no_ack=True):  # fmt: skip
+            while len(seen) < 3:
+                conn.drain_events(timeout=5)
+        assert seen == [0, 1, 2]
+        assert unacked_tags(client, channel) == set()
+        assert client.zcard(channel.unacked_index_key) == 0
