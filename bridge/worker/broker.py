@@ -19,7 +19,11 @@ records it and pops up to the consumer's remaining prefetch credit more from the
 queue (its priority lists in order), recording each in the same script: a popped
 message is never unrecorded, where kombu leaves a window between the pop and the record.
 A message the script cannot read (not kombu's format) stops the batch and is left in the
-list, for the next ``BRPOP`` and kombu's own handling. Acknowledgements made on the
+list, for the next ``BRPOP`` and kombu's own handling. A script that fails puts the
+message ``BRPOP`` took back at the head of its list (kombu loses one whose unacked record
+fails) and raises as kombu would; a Redis that refuses scripts (an ACL, a proxy) gets
+kombu's one message at a time, and so do ``no_ack`` consumers (Celery's control
+replies), which kombu records nothing for. Acknowledgements made on the
 consumer's event loop (Celery's acks run there) are removed from the unacked records
 together, once per turn of the loop, and when the channel closes; an acknowledgement
 whose removal failed leaves its record behind, and the visibility timeout hands the
@@ -53,7 +57,7 @@ from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils import encoding as kombu_encoding
 from kombu.utils import json as kombu_json
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from bridge.core.connection import is_sentinel
 
@@ -120,6 +124,13 @@ class ReusedClient:
         return reused[1]
 
 
+def refuses_scripts(error: ResponseError) -> bool:
+    """Whether a script's error says this Redis runs no scripts for us (an ACL, a proxy
+    or managed Redis without them), not that it failed this once (out of memory, a
+    replica, a key of the wrong type)."""
+    return isinstance(error, NoPermissionError) or "unknown command" in str(error).lower()
+
+
 class BatchQoS(kombu_redis.QoS):
     """kombu's Redis QoS, for messages recorded by :data:`POP_RECORD` and for
     acknowledgements removed together (see the module)."""
@@ -155,7 +166,7 @@ class BatchQoS(kombu_redis.QoS):
                 client.pipeline().zrem(self.unacked_index_key, *tags).hdel(
                     self.unacked_key, *tags
                 ).execute()
-        except Exception:
+        except self.channel.connection_errors:  # Redis away: at the next flush
             acks.extendleft(reversed(tags))
             raise
 
@@ -194,12 +205,12 @@ class Batching:
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()  # type: ignore[attr-defined]
-        self._deliver_batch(queue, _loads(_text(item)))
+        self._deliver_batch(queue, _loads(_text(item)), (dest, item))
         return True
 
-    def _deliver_batch(self, queue: str, first: Any) -> None:
-        """Record ``first`` (what BRPOP returned) and pop more of ``queue`` in one
-        script, then deliver them all, ``first`` first."""
+    def _deliver_batch(self, queue: str, first: Any, popped: tuple[bytes, bytes]) -> None:
+        """Record ``first`` (what BRPOP returned: ``popped``, its list and its bytes) and
+        pop more of ``queue`` in one script, then deliver them all, ``first`` first."""
         deliver = self.connection._deliver  # type: ignore[attr-defined]
         try:
             props = first["properties"]
@@ -223,11 +234,14 @@ class Batching:
             with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
                 raws = self._pop_record(keys=keys, args=[time.time(), more, tag, record],
                                         client=client)  # fmt: skip
-        except ResponseError as exc:  # scripts refused (a managed Redis): kombu's way
+        except ResponseError as exc:  # nothing recorded, nothing more popped
+            if not refuses_scripts(exc):  # failed this once: the message back, the error up
+                self._give_back(popped, tag)
+                raise
             log.warning("the broker's Redis refused the batch pop (%s); one message at a "
                         "time from now on", exc)  # fmt: skip
-            self._pop_record = False
-            deliver(first, queue)
+            self._pop_record = False  # a managed Redis, an ACL: for good
+            deliver(first, queue)  # kombu records it
             return
         messages = [first, *(_loads(_text(raw)) for raw in raws)]
         for at, message in enumerate(messages):
@@ -243,6 +257,16 @@ class Batching:
                 raise
             finally:
                 qos.recorded.discard(tag)
+
+    def _give_back(self, popped: tuple[bytes, bytes], tag: str) -> None:
+        """Put a message BRPOP took back at the head of its list (kombu would have lost
+        it: its unacked record failed after the pop)."""
+        try:
+            with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
+                client.rpush(*popped)
+        except Exception as exc:
+            log.error("message %s taken from %s could not be put back (%s: %s): it is lost",
+                      tag, _text(popped[0]), type(exc).__name__, exc)  # fmt: skip
 
     def close(self) -> None:
         qos = self._qos  # type: ignore[attr-defined]  # None until a message came
@@ -275,7 +299,13 @@ class BatchingTransport:
             for channel in self.channels:  # type: ignore[attr-defined]
                 qos = channel._qos
                 if isinstance(qos, BatchQoS):
-                    qos.flush_acks()
+                    try:
+                        qos.flush_acks()
+                    except Exception as exc:  # the loop goes on; BRPOP reports Redis away
+                        log.warning("acknowledgements not removed from the broker's "
+                                    "unacked records (%s: %s); kept for the next turn if "
+                                    "Redis was away, else their messages come back after "
+                                    "the visibility timeout", type(exc).__name__, exc)  # fmt: skip
 
         loop.on_tick.add(flush_acks)
 

@@ -319,3 +319,56 @@ def test_a_consumer_without_acknowledgements_leaves_no_unacked_records(
         assert seen == [0, 1, 2]
         assert unacked_tags(client, channel) == set()
         assert client.zcard(channel.unacked_index_key) == 0
+
+
+def test_a_failed_removal_on_the_loop_is_reported_and_the_loop_goes_on(
+    redis_url: str, queue: Queue, client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish(redis_url, queue, [{"n": n} for n in range(3)])
+    hub = Hub()
+    seen: list[Any] = []
+    with connect(redis_url, queue) as conn:
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        channel = conn.default_channel
+
+        def on_message(body: Any, message: Any) -> None:
+            seen.append(body["n"])
+            message.ack()
+
+        try:
+            with Consumer(channel, [queue], callbacks=[on_message], prefetch_count=PREFETCH):
+                while not seen:
+                    hub.run_once()
+                client.delete(channel.unacked_index_key)
+                client.set(channel.unacked_index_key, "not a sorted set")  # ZREM fails
+                with caplog.at_level("WARNING", "bridge.broker"):
+                    hub.run_once()  # the flush fails: reported, not raised
+                assert any("ResponseError" in r.getMessage() for r in caplog.records)
+                client.delete(channel.unacked_index_key)
+                publish(redis_url, queue, [{"n": 3}])
+                while len(seen) < 4:
+                    hub.run_once()  # the loop still consumes
+                hub.run_once()
+                assert unacked_tags(client, channel) == set()  # the next flush worked
+        finally:
+            hub.close()
+
+
+def test_a_script_that_fails_once_gives_the_message_back_and_keeps_the_batches(
+    redis_url: str, queue: Queue, client: redis.Redis
+) -> None:
+    publish(redis_url, queue, [{"n": n} for n in range(6)])
+    seen: list[int] = []
+    with connect(redis_url, queue) as conn:
+        channel = conn.default_channel
+        client.set(channel.unacked_key, "not a hash")  # the pop's HSET fails
+        with Consumer(channel, [queue], callbacks=[lambda b, m: seen.append(b["n"])],
+                      prefetch_count=PREFETCH):  # fmt: skip
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                conn.drain_events(timeout=5)
+            assert seen == []
+            assert client.llen(queue.name) == 6  # the message BRPOP took is back
+            client.delete(channel.unacked_key)
+            conn.drain_events(timeout=5)
+            assert seen == [0, 1, 2, 3, 4, 5]  # in its place, still in one batch
+            assert len(unacked_tags(client, channel)) == 6
