@@ -9,13 +9,14 @@ closes)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -67,6 +68,24 @@ def number(raw: bytes | dict[str, Any]) -> int:
     message = json.loads(raw) if isinstance(raw, bytes) else raw
     n: int = json.loads(base64.b64decode(message["body"]))["n"]
     return n
+
+
+@contextlib.contextmanager
+def on_a_loop(
+    redis_url: str, queue: Queue, on_message: Callable[[Any, Any], None]
+) -> Iterator[tuple[Hub, Any]]:
+    """A consumer of ``queue`` on kombu's event loop (as Celery's consumer runs), its
+    messages acknowledged (or not) by ``on_message`` on the loop's thread; yields the
+    loop, to turn with ``run_once``, and the channel."""
+    hub = Hub()
+    try:
+        with connect(redis_url, queue) as conn:
+            conn.transport.register_with_event_loop(conn.connection, hub)
+            channel = conn.default_channel
+            with Consumer(channel, [queue], callbacks=[on_message], prefetch_count=PREFETCH):
+                yield hub, channel
+    finally:
+        hub.close()
 
 
 def unacked_tags(client: redis.Redis, channel: Any) -> set[str]:
@@ -243,33 +262,26 @@ def test_acknowledgements_on_the_loop_leave_the_records_at_its_next_turn_or_at_c
     redis_url: str, queue: Queue, client: redis.Redis
 ) -> None:
     publish(redis_url, queue, [{"n": n} for n in range(6)])
-    hub = Hub()
     seen: list[Any] = []
-    with connect(redis_url, queue) as conn:
-        conn.transport.register_with_event_loop(conn.connection, hub)
-        channel = conn.default_channel
 
-        def on_message(body: Any, message: Any) -> None:
-            seen.append(message)
-            if body["n"] < 4:
-                message.ack()  # on the loop's thread: waits for its next turn
+    def on_message(body: Any, message: Any) -> None:
+        seen.append(message)
+        if body["n"] < 4:
+            message.ack()  # on the loop's thread: waits for its next turn
 
-        try:
-            with Consumer(channel, [queue], callbacks=[on_message], prefetch_count=PREFETCH):
-                while not seen:
-                    hub.run_once()
-                tags = [m.delivery_tag for m in seen]
-                assert len(tags) == 6  # one batch
-                assert unacked_tags(client, channel) == set(tags)  # acknowledged, not yet removed
-                assert channel.qos.can_consume_max_estimate() == PREFETCH - 2  # credit back
-                hub.run_once()
-                assert unacked_tags(client, channel) == set(tags[4:])
-                seen[4].ack()  # no turn comes: closing the channel removes it
-                channel.close()
-                assert unacked_tags(client, channel) == set()
-                assert [number(raw) for raw in client.lrange(queue.name, 0, -1)] == [5]
-        finally:
-            hub.close()
+    with on_a_loop(redis_url, queue, on_message) as (hub, channel):
+        while not seen:
+            hub.run_once()
+        tags = [m.delivery_tag for m in seen]
+        assert len(tags) == 6  # one batch
+        assert unacked_tags(client, channel) == set(tags)  # acknowledged, not yet removed
+        assert channel.qos.can_consume_max_estimate() == PREFETCH - 2  # credit back
+        hub.run_once()
+        assert unacked_tags(client, channel) == set(tags[4:])
+        seen[4].ack()  # no turn comes: closing the channel removes it
+        channel.close()
+        assert unacked_tags(client, channel) == set()
+        assert [number(raw) for raw in client.lrange(queue.name, 0, -1)] == [5]
 
 
 def test_a_redis_that_refuses_scripts_gets_kombus_one_at_a_time(
@@ -325,33 +337,26 @@ def test_a_failed_removal_on_the_loop_is_reported_and_the_loop_goes_on(
     redis_url: str, queue: Queue, client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     publish(redis_url, queue, [{"n": n} for n in range(3)])
-    hub = Hub()
     seen: list[Any] = []
-    with connect(redis_url, queue) as conn:
-        conn.transport.register_with_event_loop(conn.connection, hub)
-        channel = conn.default_channel
 
-        def on_message(body: Any, message: Any) -> None:
-            seen.append(body["n"])
-            message.ack()
+    def on_message(body: Any, message: Any) -> None:
+        seen.append(body["n"])
+        message.ack()
 
-        try:
-            with Consumer(channel, [queue], callbacks=[on_message], prefetch_count=PREFETCH):
-                while not seen:
-                    hub.run_once()
-                client.delete(channel.unacked_index_key)
-                client.set(channel.unacked_index_key, "not a sorted set")  # ZREM fails
-                with caplog.at_level("WARNING", "bridge.broker"):
-                    hub.run_once()  # the flush fails: reported, not raised
-                assert any("ResponseError" in r.getMessage() for r in caplog.records)
-                client.delete(channel.unacked_index_key)
-                publish(redis_url, queue, [{"n": 3}])
-                while len(seen) < 4:
-                    hub.run_once()  # the loop still consumes
-                hub.run_once()
-                assert unacked_tags(client, channel) == set()  # the next flush worked
-        finally:
-            hub.close()
+    with on_a_loop(redis_url, queue, on_message) as (hub, channel):
+        while not seen:
+            hub.run_once()
+        client.delete(channel.unacked_index_key)
+        client.set(channel.unacked_index_key, "not a sorted set")  # the ZREM fails
+        with caplog.at_level("WARNING", "bridge.broker"):
+            hub.run_once()  # the flush fails: reported, not raised
+        assert any("ResponseError" in r.getMessage() for r in caplog.records)
+        client.delete(channel.unacked_index_key)
+        publish(redis_url, queue, [{"n": 3}])
+        while len(seen) < 4:
+            hub.run_once()  # the loop still consumes
+        hub.run_once()
+        assert unacked_tags(client, channel) == set()  # the next flush worked
 
 
 def test_a_script_that_fails_once_gives_the_message_back_and_keeps_the_batches(
