@@ -16,8 +16,10 @@ acknowledged: three round trips per message on the consumer thread, which the br
 event loop waits on for the GIL, so messages reached the loop one at a time. Here a
 ``BRPOP`` that returns a message is followed by one script (:data:`POP_RECORD`) that
 records it and pops up to the consumer's remaining prefetch credit more from the same
-queue (its priority lists in order), recording each in the same script: a popped
-message is never unrecorded, where kombu leaves a window between the pop and the record.
+queue (its priority lists in order), recording each in the same script: the messages
+the script pops are never without their record. Only the one ``BRPOP`` took has kombu's
+window between the pop and the record (a worker killed inside it loses that message, as
+with kombu): one message per batch instead of every message.
 A message the script cannot read (not kombu's format) stops the batch and is left in the
 list, for the next ``BRPOP`` and kombu's own handling. A script that fails puts the
 message ``BRPOP`` took back at the head of its list (kombu loses one whose unacked record
