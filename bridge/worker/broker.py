@@ -59,7 +59,7 @@ from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils import encoding as kombu_encoding
 from kombu.utils import json as kombu_json
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from bridge.core.connection import is_sentinel
 
@@ -158,7 +158,7 @@ class BatchQoS(kombu_redis.QoS):
 
     def flush_acks(self) -> None:
         """Remove the unacked records of the acknowledgements made since the last flush,
-        in one transaction; on failure they wait for the next flush."""
+        in one transaction; when Redis is away they wait for the next flush."""
         acks = self._acks
         if not acks:
             return
@@ -266,20 +266,21 @@ class Batching:
         try:
             with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
                 client.rpush(*popped)
-        except Exception as exc:
+        except (RedisError, OSError) as exc:
             log.error("message %s taken from %s could not be put back (%s: %s): it is lost",
                       tag, _text(popped[0]), type(exc).__name__, exc)  # fmt: skip
 
     def close(self) -> None:
         qos = self._qos  # type: ignore[attr-defined]  # None until a message came
-        if isinstance(qos, BatchQoS):
-            try:
+        try:
+            if isinstance(qos, BatchQoS):
                 qos.flush_acks()
-            except Exception as exc:  # the records stay: the visibility timeout restores
-                log.warning("acknowledgements not removed from the broker's unacked "
-                            "records (%s); their messages come back after the visibility "
-                            "timeout", type(exc).__name__)  # fmt: skip
-        super().close()  # type: ignore[misc]
+        except (RedisError, OSError) as exc:  # the records stay: the visibility timeout
+            log.warning("acknowledgements not removed from the broker's unacked "
+                        "records (%s); their messages come back after the visibility "
+                        "timeout", type(exc).__name__)  # fmt: skip
+        finally:  # a bug surfaces, after the unacknowledged messages are handed back
+            super().close()  # type: ignore[misc]
 
 
 class BatchingTransport:
@@ -303,11 +304,15 @@ class BatchingTransport:
                 if isinstance(qos, BatchQoS):
                     try:
                         qos.flush_acks()
-                    except Exception as exc:  # the loop goes on; BRPOP reports Redis away
+                    except (RedisError, OSError) as exc:  # BRPOP reports Redis away
                         log.warning("acknowledgements not removed from the broker's "
                                     "unacked records (%s: %s); kept for the next turn if "
                                     "Redis was away, else their messages come back after "
                                     "the visibility timeout", type(exc).__name__, exc)  # fmt: skip
+                    except Exception:  # a bug: dropped, reported; Celery's loop goes on
+                        log.exception("acknowledgements not removed from the broker's "
+                                      "unacked records; their messages come back after "
+                                      "the visibility timeout")  # fmt: skip
 
         loop.on_tick.add(flush_acks)
 
