@@ -8,7 +8,10 @@ On an asyncio client, the script calls issued in one turn of the event loop (by 
 many requests) go to Redis together, in one pipeline, in the order they were made
 (:class:`ScriptBatcher`); each caller gets its own reply or its own error. A worker with
 a thousand requests in flight pays one round trip, not a thousand, for the ledger steps
-they take in the same turn (measured in ``bench/README.md``).
+they take in the same turn (measured in ``bench/README.md``). One pipeline of a client's
+calls is in flight at a time: the calls made while it is go together in the next one, so
+a busy worker's replies from the endpoint, which arrive one per turn, share round trips
+too, and an idle worker's call leaves at once.
 """
 
 from __future__ import annotations
@@ -87,10 +90,12 @@ class _Call:
 class ScriptBatcher:
     """Sends the script calls (and plain commands queued with :meth:`command`) made on
     one asyncio client in one loop turn as one pipeline (``EVALSHA`` each, without a
-    transaction: each script is atomic on its own, as when called alone). A script
-    Redis does not know yet (``NOSCRIPT``) is loaded and its calls sent again, in
-    order. An error of one call reaches only its caller; a connection error reaches
-    every caller of the batch.
+    transaction: each script is atomic on its own, as when called alone). While a
+    pipeline is in flight, new calls wait and leave together, in order, when it is back:
+    at most one pipeline at a time, so batches grow with the load and Redis receives
+    the calls in the order they were made. A script Redis does not know yet
+    (``NOSCRIPT``) is loaded and its calls sent again, in order. An error of one call
+    reaches only its caller; a connection error reaches every caller of the batch.
 
     Args:
         redis: the asyncio client the pipelines run on.
@@ -104,6 +109,8 @@ class ScriptBatcher:
         self._pending: list[_Call] = []
         self._scheduled: asyncio.AbstractEventLoop | None = None
         """The loop a flush is scheduled on."""
+        self._sending: asyncio.AbstractEventLoop | None = None
+        """The loop whose pipeline is in flight (the next batch waits for it)."""
         self.round_trips = 0
         """Pipelines sent (for tests and benchmarks)."""
 
@@ -125,8 +132,11 @@ class ScriptBatcher:
             # A loop stopped before it sent its batch: those callers are gone with it.
             self._pending = [c for c in self._pending if c.future.get_loop() is loop]
             self._scheduled = None
+        if self._sending is not None and self._sending is not loop:
+            self._sending = None  # ... or while its pipeline was in flight
+            self._pending = [c for c in self._pending if c.future.get_loop() is loop]
         self._pending.append(call)
-        if self._scheduled is None:
+        if self._scheduled is None and self._sending is None:
             self._scheduled = loop
             # call_soon runs after every callback already due in this turn, so the calls
             # they make join the batch.
@@ -141,10 +151,26 @@ class ScriptBatcher:
     def _flush_soon(self) -> None:
         self._scheduled = None
         calls, self._pending = self._pending, []
-        for start in range(0, len(calls), self.max_batch):
-            task = asyncio.ensure_future(self._send(calls[start : start + self.max_batch]))
-            _RUNNING.add(task)
-            task.add_done_callback(_RUNNING.discard)
+        if not calls:
+            return
+        loop = asyncio.get_running_loop()
+        self._sending = loop
+        task = loop.create_task(self._send_in_turn(calls, loop))
+        _RUNNING.add(task)
+        task.add_done_callback(_RUNNING.discard)
+
+    async def _send_in_turn(self, calls: list[_Call], loop: asyncio.AbstractEventLoop) -> None:
+        """Sends ``calls`` (at most ``max_batch`` per pipeline, one after the other), then
+        the calls made meanwhile."""
+        try:
+            for start in range(0, len(calls), self.max_batch):
+                await self._send(calls[start : start + self.max_batch])
+        finally:
+            if self._sending is loop:
+                self._sending = None
+                if self._pending and self._scheduled is None:
+                    self._scheduled = loop
+                    loop.call_soon(self._flush_soon)
 
     async def _send(self, calls: list[_Call]) -> None:
         live = [c for c in calls if not c.future.done()]  # a cancelled caller still

@@ -173,3 +173,102 @@ async def test_a_call_alone_in_its_turn_loads_an_unknown_script_too(redis: Redis
     assert await APPEND.bind(redis)(key="l", value="x") == 1
     with pytest.raises(ResponseError, match="bad value"):
         await FAILS_ON_BAD.bind(redis)(value="bad")
+
+
+class Held:
+    """Holds every pipeline of ``batcher`` until :meth:`release` (our own seam: the
+    batcher's ``_execute``, below which the client sends the pipeline)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, redis: Redis) -> None:
+        self.batcher = batcher_for(redis)
+        self.gate = asyncio.Event()
+        self.sizes: list[int] = []
+        execute = self.batcher._execute
+
+        async def held(calls: list[Any]) -> list[Any]:
+            self.sizes.append(len(calls))
+            await self.gate.wait()
+            return await execute(calls)
+
+        monkeypatch.setattr(self.batcher, "_execute", held)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+async def turns(n: int) -> None:
+    """Lets the loop run ``n`` turns (no time passes)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_calls_made_while_a_pipeline_is_in_flight_leave_together_after_it(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append = APPEND.bind(redis)
+    held = Held(monkeypatch, redis)
+    first = asyncio.ensure_future(append(key="l", value="0"))
+    await turns(3)
+    assert held.sizes == [1]  # in flight
+    later = []
+    for i in range(1, 6):  # each in a turn of its own
+        later.append(asyncio.ensure_future(append(key="l", value=str(i))))
+        await turns(2)
+    assert held.sizes == [1]  # they wait for it
+    held.release()
+    assert await asyncio.wait_for(asyncio.gather(first, *later), timeout=5) == [1, 2, 3, 4, 5, 6]
+    assert held.sizes == [1, 5]  # the five made meanwhile: one pipeline, in order
+    assert await redis.lrange("l", 0, -1) == [str(i).encode() for i in range(6)]
+
+
+async def test_an_idle_batcher_sends_at_once_after_a_batch_is_back(redis: Redis) -> None:
+    append = APPEND.bind(redis)
+    assert await append(key="l", value="a") == 1
+    # nothing waits: the next call is not held back by the one before
+    assert await asyncio.wait_for(append(key="l", value="b"), timeout=5) == 2
+
+
+async def test_a_failed_pipeline_in_flight_does_not_strand_the_calls_waiting_for_it() -> None:
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeAsyncRedis(server=server)
+    append = APPEND.bind(client)
+    server.connected = False
+    first = asyncio.ensure_future(append(key="l", value="a"))
+    await turns(1)  # its pipeline leaves, to a Redis that is away
+    waiting = asyncio.ensure_future(append(key="l", value="b"))
+    with pytest.raises(RedisConnectionError):
+        await first
+    server.connected = True
+    assert await asyncio.wait_for(waiting, timeout=5) == 1  # it went after the failure
+    await client.aclose()
+
+
+def test_a_loop_stopped_with_a_pipeline_in_flight_does_not_hold_up_the_next_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = fakeredis.FakeAsyncRedis()
+    append = APPEND.bind(client)
+    batcher = batcher_for(client)
+    execute = batcher._execute
+    first = asyncio.new_event_loop()
+
+    async def never_back(calls: list[Any]) -> list[Any]:
+        await first.create_future()  # the loop stops before this reply comes
+        return []
+
+    async def one_in_flight() -> None:
+        append(key="l", value="lost")
+        await turns(3)
+        append(key="l", value="waits for the one in flight")
+
+    monkeypatch.setattr(batcher, "_execute", never_back)
+    first.run_until_complete(one_in_flight())
+    first.close()
+    monkeypatch.setattr(batcher, "_execute", execute)
+
+    async def on_a_new_loop() -> Any:
+        reply = await asyncio.wait_for(append(key="l", value="kept"), timeout=5)
+        await client.aclose()
+        return reply
+
+    assert asyncio.run(on_a_new_loop()) == 1
