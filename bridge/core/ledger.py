@@ -33,14 +33,14 @@ from bridge.core.scripts import NamedScript, text
 TAKE_SLOT = """
 local function take_slot(slots, id, owner, cap)
   cap = tonumber(cap)
-  if cap <= 0 or redis.call('HEXISTS', slots, id) == 1 then
+  if cap <= 0 then
     return true
   end
-  if redis.call('HLEN', slots) >= cap then
-    return false
+  if redis.call('HLEN', slots) < cap then
+    redis.call('HSET', slots, id, owner)  -- its own slot already: the same count
+    return true
   end
-  redis.call('HSET', slots, id, owner)
-  return true
+  return redis.call('HEXISTS', slots, id) == 1  -- all taken: is one of them its own?
 end
 """
 
@@ -56,27 +56,28 @@ if state and state ~= 'tombstone' then
   return {same and 'same' or 'conflict', state, redis.call('HGET', req, 'cancel') or '0',
           redis.call('HGET', req, 'reply_to') or ''}
 end
-redis.call('HSET', req, 'state', 'accepted', 'route', route, 'request', request,
-           'created', created, 'owner', owner, 'token', token, 'submissions', 0,
-           'reply_to', reply_to)
-redis.call('EXPIRE', req, ttl)
-redis.call('SADD', inflight, id)
 if task_id ~= '' and task_id ~= id then
   redis.call('SET', alias, id, 'EX', ttl)
   if redis.call('HGET', task_req, 'cancel') == '1' then
     state = 'tombstone'  -- revoked under its task id before it arrived
   end
 end
+local answer = {'new', 'accepted', '0', reply_to}
+local extra = {'submissions', 0}
 if state == 'tombstone' then
-  redis.call('HSET', req, 'cancel', '1')
-  return {'new', 'accepted', '1', reply_to}
-end
-if grant == '1' and take_slot(slots, id, owner, cap) then
+  answer[3] = '1'
+  extra = {'submissions', 0, 'cancel', '1'}
+elseif grant == '1' and take_slot(slots, id, owner, cap) then
   -- the claimer sends it now: the first submission's grant (and its slot) too
-  redis.call('HSET', req, 'state', 'submitting', 'submissions', 1)
-  return {'new', 'submitting', '0', reply_to}
+  answer[2] = 'submitting'
+  extra = {'submissions', 1}
 end
-return {'new', 'accepted', '0', reply_to}
+redis.call('HSET', req, 'state', answer[2], 'route', route, 'request', request,
+           'created', created, 'owner', owner, 'token', token, 'reply_to', reply_to,
+           unpack(extra))
+redis.call('EXPIRE', req, ttl)
+redis.call('SADD', inflight, id)
+return answer
 """,
     keys=("req", "inflight", "alias", "task_req", "slots"),
     args=(
@@ -125,8 +126,8 @@ return redis.call('HINCRBY', req, 'submissions', delta)
 
 SUBMITTED = NamedScript(
     """
-local state = redis.call('HGET', req, 'state')
-local cancel = redis.call('HGET', req, 'cancel') or '0'
+local found = redis.call('HMGET', req, 'state', 'cancel')
+local state, cancel = found[1], found[2] or '0'
 if state == 'submitting' or state == 'accepted' then
   redis.call('HSET', req, 'state', 'submitted', 'job_id', job_id)
   return {'ok', cancel}
@@ -153,23 +154,20 @@ redis.call('HDEL', slots, id)  -- the route's slot is free again
 if not state or state == 'tombstone' then
   return 0
 end
-local code = 1
-if reply_to == '' then
-  code = 3
-else
-  local kind = redis.call('TYPE', reply_to)['ok']
-  if kind ~= 'list' and kind ~= 'none' then
+local code = 3
+if reply_to ~= '' then
+  -- a key that is not a list answers WRONGTYPE and is left as it was
+  if type(redis.pcall('RPUSH', reply_to, reply)) == 'table' then
     code = 2
+  else
+    code = 1
+    redis.call('EXPIRE', reply_to, reply_ttl)
   end
 end
 redis.call('HSET', req, 'state', 'final', 'final', reply, 'finisher', finisher,
            'delivered', code)
 redis.call('EXPIRE', req, result_ttl)
 redis.call('SREM', inflight, id)
-if code == 1 then
-  redis.call('RPUSH', reply_to, reply)
-  redis.call('EXPIRE', reply_to, reply_ttl)
-end
 return code
 """,
     keys=("req", "inflight", "reply_to", "slots"),

@@ -380,6 +380,11 @@ async def test_a_routes_slots_are_fleet_wide_and_freed_when_final_or_reopened(
     assert await ledger.reopen("s1", "echo") is True  # an ambiguous submit resumed
     assert (await ledger.mark_submitting("s3", "w3", route="echo", cap=2)).granted is True
     assert set(await redis.hkeys(keys.slots("echo"))) == {b"s2", b"s3"}
+    # A request that holds one of the slots of a full route keeps it when it asks again.
+    await redis.hset(keys.request("s3"), "state", "accepted")
+    again = await ledger.mark_submitting("s3", "w4", route="echo", cap=2)
+    assert (again.granted, again.submissions) == (True, 2)
+    assert await redis.hlen(keys.slots("echo")) == 2
 
 
 async def test_a_full_adopt_frees_the_slots_of_requests_no_longer_in_flight(
