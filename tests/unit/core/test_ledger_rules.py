@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import fakeredis
 import pytest
-from ledger_contract import *  # noqa: F403  (the contract's tests, collected here)
 from fakeredis.commands_mixins import server_mixin
+from ledger_contract import *  # noqa: F403  (the contract's tests, collected here)
 from redis.asyncio import Redis
 
 from bridge.core.budget import Budgets, Limit
