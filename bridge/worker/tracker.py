@@ -203,7 +203,7 @@ class Tracker:
             claim = await self.ledger.claim(request, self.owner, token=token, grant=free, cap=cap)
         finally:
             route.granting -= free
-        metrics.REQUESTS.labels(request.door, request.route).inc()
+        metrics.child(metrics.REQUESTS, request.door, request.route).inc()
         if claim.kind is ClaimKind.SAME:
             metrics.DEDUP.labels(request.door).inc()
             return Admitted.DUPLICATE
@@ -334,13 +334,13 @@ class Tracker:
             finally:
                 route.waiting -= 1
             route.in_flight += 1
-            metrics.IN_FLIGHT.labels(route.name).inc()
+            metrics.child(metrics.IN_FLIGHT, route.name).inc()
             try:
                 flow = lc.lifecycle(start, route.rules, tracked.signals)
                 await self._drive(tracked, route, flow)
             finally:
                 route.in_flight -= 1
-                metrics.IN_FLIGHT.labels(route.name).dec()
+                metrics.child(metrics.IN_FLIGHT, route.name).dec()
                 route.slots.release()
                 route.slot_freed()  # final (or handed on): its fleet-wide slot is free
         except asyncio.CancelledError:
@@ -454,7 +454,7 @@ class Tracker:
             job = await endpoint.run(body)
         tracked.job, tracked.job_id = job, job.job_id
         bind(job_id=job.job_id)
-        metrics.SUBMITTED.labels(request.route).inc()
+        metrics.child(metrics.SUBMITTED, request.route).inc()
         return job.job_id
 
     async def _mark_submitting(self, tracked: Tracked, route: RouteRuntime) -> Grant:
