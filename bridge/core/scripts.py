@@ -30,6 +30,12 @@ from redis.exceptions import NoScriptError, ResponseError
 MAX_BATCH = 512
 """At most this many script calls in one pipeline (a larger turn is split)."""
 
+HOLD_S = 1.0
+"""A pipeline in flight longer than this no longer holds the next calls back. A loaded
+worker's pipelines come back in milliseconds; one that hangs (a connection whose peer
+vanished without closing it: the worker's client has no read timeout, its pub/sub
+connections wait for messages) would otherwise stop every ledger step of the worker."""
+
 
 class NamedScript:
     """A Lua script whose keys and arguments have names.
@@ -80,6 +86,22 @@ class BoundScript:
 
 
 @dataclass(slots=True)
+class _Flight:
+    """A pipeline in flight (with the calls after it held back)."""
+
+    loop: asyncio.AbstractEventLoop
+    since: float
+    """When it left, on its loop's clock."""
+    timer: asyncio.TimerHandle | None = None
+    """Ends the hold after ``hold_s``, while calls wait."""
+
+    def forget(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+@dataclass(slots=True)
 class _Call:
     script: NamedScript | None  # None: a plain command, in ``args``
     keys: list[Any]
@@ -92,25 +114,31 @@ class ScriptBatcher:
     one asyncio client in one loop turn as one pipeline (``EVALSHA`` each, without a
     transaction: each script is atomic on its own, as when called alone). While a
     pipeline is in flight, new calls wait and leave together, in order, when it is back:
-    at most one pipeline at a time, so batches grow with the load and Redis receives
-    the calls in the order they were made. A script Redis does not know yet
+    one pipeline at a time, so batches grow with the load and Redis receives the calls
+    in the order they were made. A pipeline still out after ``hold_s`` holds nothing
+    back any more: the calls waiting for it leave on their own (a connection that hangs
+    must not stop every ledger step of the worker). A script Redis does not know yet
     (``NOSCRIPT``) is loaded and its calls sent again, in order. An error of one call
     reaches only its caller; a connection error reaches every caller of the batch.
 
     Args:
         redis: the asyncio client the pipelines run on.
         max_batch: most calls in one pipeline.
+        hold_s: longest a pipeline in flight holds the next calls back.
     """
 
-    def __init__(self, redis: AsyncRedis, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, redis: AsyncRedis, max_batch: int = MAX_BATCH, hold_s: float = HOLD_S
+    ) -> None:
         # Weak: the batcher lives as long as its client (see batcher_for), no longer.
         self._redis = weakref.ref(redis)
         self.max_batch = max_batch
+        self.hold_s = hold_s
         self._pending: list[_Call] = []
         self._scheduled: asyncio.AbstractEventLoop | None = None
         """The loop a flush is scheduled on."""
-        self._sending: asyncio.AbstractEventLoop | None = None
-        """The loop whose pipeline is in flight (the next batch waits for it)."""
+        self._flight: _Flight | None = None
+        """The pipeline in flight that the next calls wait for."""
         self.round_trips = 0
         """Pipelines sent (for tests and benchmarks)."""
 
@@ -132,16 +160,31 @@ class ScriptBatcher:
             # A loop stopped before it sent its batch: those callers are gone with it.
             self._pending = [c for c in self._pending if c.future.get_loop() is loop]
             self._scheduled = None
-        if self._sending is not None and self._sending is not loop:
-            self._sending = None  # ... or while its pipeline was in flight
+        flight = self._flight
+        if flight is not None and flight.loop is not loop:
+            flight.forget()  # ... or while its pipeline was in flight
+            self._flight = flight = None
             self._pending = [c for c in self._pending if c.future.get_loop() is loop]
         self._pending.append(call)
-        if self._scheduled is None and self._sending is None:
-            self._scheduled = loop
-            # call_soon runs after every callback already due in this turn, so the calls
-            # they make join the batch.
-            loop.call_soon(self._flush_soon)
+        if self._scheduled is not None:
+            return call.future
+        if flight is None:
+            self._schedule(loop)
+        elif flight.timer is None:  # held: until the flight is back, or hold_s after it left
+            flight.timer = loop.call_at(flight.since + self.hold_s, self._hold_over, flight)
         return call.future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = loop
+        # call_soon runs after every callback already due in this turn, so the calls they
+        # make join the batch.
+        loop.call_soon(self._flush_soon)
+
+    def _hold_over(self, flight: _Flight) -> None:
+        """``flight`` is out for ``hold_s``: the calls waiting for it go without it."""
+        flight.timer = None
+        if self._flight is flight and self._pending and self._scheduled is None:
+            self._schedule(flight.loop)
 
     def command(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one plain command (``"SET", key, value``) for the end of this loop turn,
@@ -154,23 +197,25 @@ class ScriptBatcher:
         if not calls:
             return
         loop = asyncio.get_running_loop()
-        self._sending = loop
-        task = loop.create_task(self._send_in_turn(calls, loop))
+        if self._flight is not None:
+            self._flight.forget()  # held past hold_s: no longer the one to wait for
+        flight = self._flight = _Flight(loop, loop.time())
+        task = loop.create_task(self._send_in_turn(calls, flight))
         _RUNNING.add(task)
         task.add_done_callback(_RUNNING.discard)
 
-    async def _send_in_turn(self, calls: list[_Call], loop: asyncio.AbstractEventLoop) -> None:
+    async def _send_in_turn(self, calls: list[_Call], flight: _Flight) -> None:
         """Sends ``calls`` (at most ``max_batch`` per pipeline, one after the other), then
         the calls made meanwhile."""
         try:
             for start in range(0, len(calls), self.max_batch):
                 await self._send(calls[start : start + self.max_batch])
         finally:
-            if self._sending is loop:
-                self._sending = None
+            flight.forget()
+            if self._flight is flight:
+                self._flight = None
                 if self._pending and self._scheduled is None:
-                    self._scheduled = loop
-                    loop.call_soon(self._flush_soon)
+                    self._schedule(flight.loop)
 
     async def _send(self, calls: list[_Call]) -> None:
         live = [c for c in calls if not c.future.done()]  # a cancelled caller still

@@ -272,3 +272,27 @@ def test_a_loop_stopped_with_a_pipeline_in_flight_does_not_hold_up_the_next_loop
         return reply
 
     assert asyncio.run(on_a_new_loop()) == 1
+
+
+async def test_a_pipeline_that_hangs_holds_the_next_calls_back_only_for_hold_s(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append = APPEND.bind(redis)
+    batcher = batcher_for(redis)
+    execute = batcher._execute
+    hung = asyncio.get_running_loop().create_future()
+
+    async def first_hangs(calls: list[Any]) -> list[Any]:
+        if not hung.done():
+            hung.set_result(None)
+            await asyncio.get_running_loop().create_future()  # never back
+        return await execute(calls)
+
+    monkeypatch.setattr(batcher, "_execute", first_hangs)
+    batcher.hold_s = 0.0  # an injected interval: the hold ends at the next loop turn
+    lost = asyncio.ensure_future(append(key="l", value="hangs"))
+    await hung
+    replies = [asyncio.ensure_future(append(key="l", value=v)) for v in ("a", "b")]
+    assert await asyncio.wait_for(asyncio.gather(*replies), timeout=5) == [1, 2]
+    assert await redis.lrange("l", 0, -1) == [b"a", b"b"]
+    lost.cancel()
