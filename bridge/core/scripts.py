@@ -214,7 +214,8 @@ class ScriptBatcher:
             flight.forget()
             if self._flight is flight:
                 self._flight = None
-                if self._pending and self._scheduled is None:
+                # (a closed loop: this coroutine is being collected, its callers are gone)
+                if self._pending and self._scheduled is None and not flight.loop.is_closed():
                     self._schedule(flight.loop)
 
     async def _send(self, calls: list[_Call]) -> None:
