@@ -62,22 +62,22 @@ if task_id ~= '' and task_id ~= id then
     state = 'tombstone'  -- revoked under its task id before it arrived
   end
 end
-local answer = {'new', 'accepted', '0', reply_to}
-local extra = {'submissions', 0}
+local phase, cancel, submissions = 'accepted', '0', 0
 if state == 'tombstone' then
-  answer[3] = '1'
-  extra = {'submissions', 0, 'cancel', '1'}
+  cancel = '1'
 elseif grant == '1' and take_slot(slots, id, owner, cap) then
   -- the claimer sends it now: the first submission's grant (and its slot) too
-  answer[2] = 'submitting'
-  extra = {'submissions', 1}
+  phase, submissions = 'submitting', 1
 end
-redis.call('HSET', req, 'state', answer[2], 'route', route, 'request', request,
+redis.call('HSET', req, 'state', phase, 'route', route, 'request', request,
            'created', created, 'owner', owner, 'token', token, 'reply_to', reply_to,
-           unpack(extra))
+           'submissions', submissions)
+if cancel == '1' then
+  redis.call('HSET', req, 'cancel', '1')
+end
 redis.call('EXPIRE', req, ttl)
 redis.call('SADD', inflight, id)
-return answer
+return {'new', phase, cancel, reply_to}
 """,
     keys=("req", "inflight", "alias", "task_req", "slots"),
     args=(

@@ -156,14 +156,16 @@ class ScriptBatcher:
 
     def _queue(self, call: _Call) -> asyncio.Future[Any]:
         loop = call.future.get_loop()
+        # A loop stopped before it sent its batch, or while its pipeline was in flight:
+        # those callers are gone with it.
+        stale = False
         if self._scheduled is not None and self._scheduled is not loop:
-            # A loop stopped before it sent its batch: those callers are gone with it.
-            self._pending = [c for c in self._pending if c.future.get_loop() is loop]
-            self._scheduled = None
+            self._scheduled, stale = None, True
         flight = self._flight
         if flight is not None and flight.loop is not loop:
-            flight.forget()  # ... or while its pipeline was in flight
-            self._flight = flight = None
+            flight.forget()
+            self._flight, flight, stale = None, None, True
+        if stale:
             self._pending = [c for c in self._pending if c.future.get_loop() is loop]
         self._pending.append(call)
         if self._scheduled is not None:
