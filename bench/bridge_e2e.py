@@ -53,6 +53,11 @@ TARGETS = {  # issue 12 (where it is stricter than DESIGN.md §5, it wins)
     "json_door": {"over_job_ms": 5.0, "rps_ratio": 2.0, "cpu_ms": 0.7, "redis_ms": 0.1},
     "celery_door": {"over_job_ms": 6.0, "rps_ratio": 0.9, "cpu_ms": 2.0, "redis_ms": 0.25},
 }
+ISSUE_NOOP_CPU_MS = 1.60
+"""The Celery no-op's worker CPU per request in the run issue 12's CPU targets were set
+against (3406d9c): the issue asks for ratios to a same-run baseline, so each CPU target
+is also judged as that ratio (0.7 ms: 0.44x; 2 ms: 1.25x), which a slower or busier
+machine does not move."""
 
 
 class Kinds:
@@ -262,6 +267,14 @@ def judge(report: Report, latency: dict[str, Any], throughput: dict[str, Any], e
             thr["worker_cpu_ms_per_request"] <= goal["cpu_ms"],
             baseline=f"no-op worker {ms(noop['worker_cpu_ms_per_request'])}",
             ratio=times(thr["worker_cpu_ms_per_request"] / noop["worker_cpu_ms_per_request"]),
+        )
+        cpu_ratio = goal["cpu_ms"] / ISSUE_NOOP_CPU_MS
+        report.target(
+            f"{door}: worker CPU ≤ {cpu_ratio:.2f}x the no-op's (the {goal['cpu_ms']:g} ms "
+            f"target over the issue's no-op, {ISSUE_NOOP_CPU_MS:.2f} ms)",
+            times(thr["worker_cpu_ms_per_request"] / noop["worker_cpu_ms_per_request"]),
+            thr["worker_cpu_ms_per_request"] <= cpu_ratio * noop["worker_cpu_ms_per_request"],
+            baseline=f"no-op worker {ms(noop['worker_cpu_ms_per_request'])}",
         )
         report.target(
             f"{door}: Redis CPU ≤ {goal['redis_ms']:g} ms per request",
